@@ -1,0 +1,494 @@
+//! The balancer: servers, the client table, server selection, blacklisting, failover and the
+//! counters pen shows. A pure state machine: it never does I/O, never reads a clock and never
+//! spawns. Callers pass `now` and report what happened (a connect failed, a connection closed),
+//! so every pen decision can be tested synchronously (see the scenario tests in `tests.rs`).
+//!
+//! The flow of one client connection:
+//! `admit` (client table, initial choice, admission) -> the caller connects to the returned
+//! backend -> `connected` or `connect_failed` (blacklist, failover: maybe another backend) ->
+//! ... -> `closed` (counters folded into the server and client totals).
+
+mod clients;
+mod select;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use clients::{ClientEntry, ClientKey, ClientTable};
+
+use crate::addr::{Backend, ServerSpec};
+
+/// Index of a regular server slot (pen's server number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerId(pub usize);
+
+/// Where a connection goes: a regular server or one of pen's two hidden slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Server(ServerId),
+    /// `-e`: the server of last resort, reached only through failover.
+    Emergency,
+    /// `-B`: where clients denied by `client_acl` are sent.
+    Abuse,
+}
+
+/// Index of a connection slot (pen's connection number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub usize);
+
+/// The settings that change how servers are chosen, and the ones the relay reads when a
+/// connection starts. All of them can change at run time; open connections keep what they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `-b`: how long a server that failed a connect is skipped. Zero disables blacklisting.
+    pub blacklist_time: Duration,
+    /// `-T`: how long a client is remembered. Zero means forever.
+    pub tracking: Duration,
+    /// `-r`: ignore the client table when choosing.
+    pub roundrobin: bool,
+    /// `-s`: never fail over.
+    pub stubborn: bool,
+    /// `-h`
+    pub hash: bool,
+    /// `-W`
+    pub weight: bool,
+    /// `prio`
+    pub prio: bool,
+    /// `-t`: upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// `idle_timeout`: close connections with no traffic for this long. Zero: never.
+    pub idle_timeout: Duration,
+    pub fastclose: FastClose,
+    /// `tcp_nodelay`: TCP_NODELAY on client and upstream sockets.
+    pub tcp_nodelay: bool,
+    /// `keepalive`: SO_KEEPALIVE on upstream sockets.
+    pub keepalive: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            blacklist_time: Duration::from_secs(30),
+            tracking: Duration::ZERO,
+            roundrobin: false,
+            stubborn: false,
+            hash: false,
+            weight: false,
+            prio: false,
+            connect_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::ZERO,
+            fastclose: FastClose::Off,
+            tcp_nodelay: false,
+            keepalive: false,
+        }
+    }
+}
+
+/// `tcp_fastclose`: close the whole connection as soon as one side has finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FastClose {
+    #[default]
+    Off,
+    /// When the server has sent EOF and everything it sent was delivered.
+    Up,
+    /// When the client has sent EOF and everything it sent was delivered.
+    Down,
+    Both,
+}
+
+/// A server slot. A slot with no backend is blank (the table grew past it) and is never chosen.
+#[derive(Debug, Clone, Default)]
+pub struct Server {
+    pub backend: Option<Backend>,
+    /// Soft limit on connections; 0 = none.
+    pub maxc: u32,
+    /// Extra room for returning clients, up to this many connections.
+    pub hard: u32,
+    pub weight: u32,
+    pub prio: u32,
+    /// Connections assigned to this server: connecting or established.
+    pub conns: u32,
+    pub last_failure: Option<Instant>,
+    pub blacklisted_until: Option<Instant>,
+    /// Bytes sent to the server by connections that have closed (live ones are in `Conn`).
+    pub sent: u64,
+    /// Bytes received from the server by connections that have closed.
+    pub received: u64,
+}
+
+impl Server {
+    pub fn from_spec(spec: &ServerSpec) -> Self {
+        Server {
+            backend: Some(spec.backend.clone()),
+            maxc: spec.maxc,
+            hard: spec.hard,
+            weight: spec.weight,
+            prio: spec.prio,
+            ..Server::default()
+        }
+    }
+
+    pub fn is_blacklisted(&self, now: Instant) -> bool {
+        self.blacklisted_until.is_some_and(|until| now < until)
+    }
+
+    /// Usable for an initial choice: configured and not blacklisted.
+    fn is_available(&self, now: Instant) -> bool {
+        self.backend.is_some() && !self.is_blacklisted(now)
+    }
+}
+
+/// Bytes relayed by one connection, updated by the relay as it goes (one owner writes, the
+/// statistics read), so counters are live without taking the balancer lock per chunk.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub to_server: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+impl ConnCounters {
+    pub fn add_to_server(&self, n: usize) {
+        self.to_server.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn add_to_client(&self, n: usize) {
+        self.to_client.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn to_server(&self) -> u64 {
+        self.to_server.load(Ordering::Relaxed)
+    }
+    pub fn to_client(&self) -> u64 {
+        self.to_client.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Connected,
+}
+
+/// A client connection from accept to close.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub client: ClientKey,
+    pub peer_port: u16,
+    /// The first choice (the server failover comes back to last).
+    pub initial: Option<Target>,
+    /// The server it is connecting or connected to.
+    pub target: Option<Target>,
+    pub state: ConnState,
+    /// Connects tried on regular servers: failover gives each server at most one try per
+    /// connection, so a connection ends even when blacklisting is off.
+    pub attempts: u32,
+    pub counters: Arc<ConnCounters>,
+    pub since: Instant,
+}
+
+/// The client side of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// None for a Unix-socket client.
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl Peer {
+    fn key(&self) -> ClientKey {
+        match self.ip {
+            Some(ip) => ClientKey::Ip(ip),
+            None => ClientKey::Unix,
+        }
+    }
+}
+
+/// What to do with a new client connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Connect to `backend`; report the outcome with `connected` or `connect_failed`.
+    Connect {
+        conn: ConnId,
+        target: Target,
+        backend: Backend,
+    },
+    /// No server will take it: close the client.
+    Refuse,
+}
+
+/// The balancer's whole state.
+pub struct Balancer {
+    pub settings: Settings,
+    servers: Vec<Server>,
+    emergency: Option<Server>,
+    abuse: Option<Server>,
+    clients: ClientTable,
+    conns: Vec<Option<Conn>>,
+    /// Free connection slots; the most recently freed is reused first, as pen does.
+    free_conns: Vec<usize>,
+    live_conns: usize,
+    /// Round-robin cursor: the server picked last. Starts at 0, so the first pick is server 1.
+    rr_cursor: usize,
+    /// The server chosen most recently (the status page's "current").
+    current: Option<Target>,
+}
+
+/// pen's default client table size (`-c`).
+pub const DEFAULT_CLIENTS_MAX: usize = 2048;
+
+impl Balancer {
+    pub fn new(settings: Settings, clients_max: NonZeroUsize) -> Self {
+        Balancer {
+            settings,
+            servers: Vec::new(),
+            emergency: None,
+            abuse: None,
+            clients: ClientTable::new(clients_max),
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            live_conns: 0,
+            rr_cursor: 0,
+            current: None,
+        }
+    }
+
+    // ---- configuration -------------------------------------------------------------------
+
+    pub fn add_server(&mut self, spec: &ServerSpec) -> ServerId {
+        self.servers.push(Server::from_spec(spec));
+        ServerId(self.servers.len() - 1)
+    }
+
+    pub fn set_emergency(&mut self, spec: Option<&ServerSpec>) {
+        self.emergency = spec.map(Server::from_spec);
+    }
+
+    pub fn set_abuse(&mut self, spec: Option<&ServerSpec>) {
+        self.abuse = spec.map(Server::from_spec);
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    pub fn server_mut(&mut self, id: ServerId) -> Option<&mut Server> {
+        self.servers.get_mut(id.0)
+    }
+
+    /// Blacklist a server for `time` from `now` (pen's `server N blacklist T`; 0 lifts it).
+    pub fn blacklist(&mut self, target: Target, now: Instant, time: Duration) {
+        if let Some(s) = self.slot_mut(target) {
+            s.blacklisted_until = (!time.is_zero()).then(|| now + time);
+        }
+    }
+
+    pub fn clients(&self) -> &ClientTable {
+        &self.clients
+    }
+
+    pub fn grow_clients(&mut self, n: NonZeroUsize) {
+        self.clients.grow(n);
+    }
+
+    /// Live connections with their slot numbers.
+    pub fn conns(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (ConnId(i), c)))
+    }
+
+    pub fn live_conns(&self) -> usize {
+        self.live_conns
+    }
+
+    pub fn current(&self) -> Option<Target> {
+        self.current
+    }
+
+    fn slot(&self, target: Target) -> Option<&Server> {
+        match target {
+            Target::Server(id) => self.servers.get(id.0),
+            Target::Emergency => self.emergency.as_ref(),
+            Target::Abuse => self.abuse.as_ref(),
+        }
+    }
+
+    fn slot_mut(&mut self, target: Target) -> Option<&mut Server> {
+        match target {
+            Target::Server(id) => self.servers.get_mut(id.0),
+            Target::Emergency => self.emergency.as_mut(),
+            Target::Abuse => self.abuse.as_mut(),
+        }
+    }
+
+    // ---- the life of a connection ----------------------------------------------------------
+
+    /// A client connected: remember it, choose a server, and reserve a place on it.
+    pub fn admit(&mut self, peer: Peer, now: Instant) -> Admission {
+        let key = peer.key();
+        let remembered = self
+            .clients
+            .visit(key, peer.port, now, self.settings.tracking)
+            .server;
+        let initial = self.initial_choice(peer, remembered, now);
+        let id = self.insert_conn(Conn {
+            client: key,
+            peer_port: peer.port,
+            initial,
+            target: None,
+            state: ConnState::Connecting,
+            attempts: 0,
+            counters: Arc::default(),
+            since: now,
+        });
+        let placed = match initial {
+            Some(t) if self.try_server(t, id, now) => Some(t),
+            _ => self.failover(id, initial, now),
+        };
+        self.connect_or_refuse(id, placed)
+    }
+
+    /// The connect to the current target succeeded.
+    pub fn connected(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.state = ConnState::Connected;
+        }
+    }
+
+    /// The connect to the current target failed (refused, unreachable or timed out): blacklist
+    /// that server and fail over. Returns the next backend to try, or `Refuse` (the connection
+    /// is then gone).
+    pub fn connect_failed(&mut self, id: ConnId, now: Instant) -> Admission {
+        let Some(failed) = self.conn_mut(id).and_then(|c| c.target.take()) else {
+            return Admission::Refuse;
+        };
+        let blacklist_time = self.settings.blacklist_time;
+        if let Some(s) = self.slot_mut(failed) {
+            s.conns = s.conns.saturating_sub(1);
+            s.last_failure = Some(now);
+            if !blacklist_time.is_zero() {
+                s.blacklisted_until = Some(now + blacklist_time);
+            }
+        }
+        let next = self.failover(id, Some(failed), now);
+        self.connect_or_refuse(id, next)
+    }
+
+    /// The connection is over: release its server and add its bytes to the totals.
+    pub fn closed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.0).and_then(Option::take) else {
+            return;
+        };
+        self.free_conns.push(id.0);
+        self.live_conns -= 1;
+        let (up, down) = (conn.counters.to_server(), conn.counters.to_client());
+        if let Some(s) = conn.target.and_then(|t| self.slot_mut(t)) {
+            s.conns = s.conns.saturating_sub(1);
+            s.sent += up;
+            s.received += down;
+        }
+        if let Some(c) = self.clients.peek_mut(&conn.client) {
+            c.sent += down;
+            c.received += up;
+        }
+    }
+
+    pub fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.0).and_then(Option::as_ref)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.0).and_then(Option::as_mut)
+    }
+
+    fn insert_conn(&mut self, conn: Conn) -> ConnId {
+        self.live_conns += 1;
+        match self.free_conns.pop() {
+            Some(i) => {
+                self.conns[i] = Some(conn);
+                ConnId(i)
+            }
+            None => {
+                self.conns.push(Some(conn));
+                ConnId(self.conns.len() - 1)
+            }
+        }
+    }
+
+    fn connect_or_refuse(&mut self, id: ConnId, target: Option<Target>) -> Admission {
+        let backend = target.and_then(|t| self.slot(t)?.backend.clone());
+        match (target, backend) {
+            (Some(target), Some(backend)) => Admission::Connect {
+                conn: id,
+                target,
+                backend,
+            },
+            _ => {
+                self.closed(id);
+                Admission::Refuse
+            }
+        }
+    }
+
+    /// pen's `try_server`: may this connection go to `target` now? If so, reserve a place on
+    /// it, point the connection and the client at it, and return true.
+    fn try_server(&mut self, target: Target, id: ConnId, now: Instant) -> bool {
+        let Some(conn) = self.conn(id) else {
+            return false;
+        };
+        let client = conn.client;
+        let sticky = self.clients.peek(&client).and_then(|c| c.server) == Some(target);
+        let Some(s) = self.slot_mut(target) else {
+            return false;
+        };
+        if s.backend.is_none() || s.is_blacklisted(now) {
+            return false;
+        }
+        // The soft limit; `hard` gives returning clients extra room.
+        if s.maxc != 0 && s.conns >= s.maxc && (!sticky || s.conns >= s.hard) {
+            return false;
+        }
+        s.conns += 1;
+        if let Some(conn) = self.conn_mut(id) {
+            conn.target = Some(target);
+            conn.attempts += u32::from(matches!(target, Target::Server(_)));
+        }
+        if let Some(c) = self.clients.peek_mut(&client) {
+            c.server = Some(target);
+        }
+        self.current = Some(target);
+        true
+    }
+
+    /// pen's failover: scan from the failed server + 1 round to the first choice (tried last),
+    /// then the emergency server; no server is tried twice for one connection. Stubborn mode, and connections already on the emergency or
+    /// abuse server, never fail over.
+    fn failover(&mut self, id: ConnId, from: Option<Target>, now: Instant) -> Option<Target> {
+        if self.settings.stubborn || matches!(from, Some(Target::Emergency | Target::Abuse)) {
+            return None;
+        }
+        let n = self.servers.len();
+        if let (true, Some(Target::Server(ServerId(mut s)))) = (n > 1, from) {
+            let initial = match self.conn(id).and_then(|c| c.initial) {
+                Some(Target::Server(ServerId(i))) => i,
+                _ => s,
+            };
+            let attempts = self.conn(id).map_or(0, |c| c.attempts as usize);
+            for _ in attempts..n {
+                s = (s + 1) % n;
+                if self.try_server(Target::Server(ServerId(s)), id, now) {
+                    return Some(Target::Server(ServerId(s)));
+                }
+                if s == initial {
+                    break;
+                }
+            }
+        }
+        self.try_server(Target::Emergency, id, now)
+            .then_some(Target::Emergency)
+    }
+}
