@@ -12,3 +12,9 @@
 
 pub mod addr;
 pub mod balancer;
+pub mod cli;
+pub mod logging;
+pub mod net;
+pub mod proxy;
+pub mod relay;
+pub mod run;

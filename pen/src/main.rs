@@ -1,1 +1,47 @@
-fn main() {}
+//! The `pen` daemon: parse the command line, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use pen::cli::{self, Invocation};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match cli::parse(&args) {
+        Ok(Invocation::Run(options)) => options,
+        Ok(Invocation::Usage | Invocation::Help) => {
+            print!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Version) => {
+            println!(
+                "pen {} (compatible with pen 0.34.1)",
+                env!("CARGO_PKG_VERSION")
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::ExitWith(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("pen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for notice in &options.notices {
+        eprintln!("{notice}");
+    }
+    pen::logging::init(options.debug);
+    if !options.foreground {
+        eprintln!(
+            "pen: daemon mode is not available in this version; staying in the foreground (-f)"
+        );
+    }
+    match pen::run::run(*options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

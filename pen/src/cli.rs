@@ -1,0 +1,493 @@
+//! pen's command line: the option letters of pen 0.34.1, parsed as glibc getopt does (clustered
+//! flags, attached or separate arguments, options after positionals, `--` to stop), plus
+//! `--help` and `--version`.
+//!
+//! `FLAGS` is the single table of options: the parser, the usage text and the man-page test all
+//! read it. A hand-written parser rather than clap, because pen's grammar (options applied in
+//! command-line order, repeated `-d`, obsolete letters that print a notice and carry on) is
+//! getopt's, and clap would have to be bent into it.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
+use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
+
+/// What an option letter does in this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Implemented.
+    Yes,
+    /// Obsolete in pen too: print this notice and carry on.
+    Obsolete(&'static str),
+    /// Accepted and ignored; the text says why (shown in --help and the man page).
+    NoEffect(&'static str),
+    /// pen's option whose feature is not in this build yet: refused with a clear message.
+    NotYet(&'static str),
+}
+
+/// One option letter.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    pub letter: char,
+    /// The argument's name in the usage text, if the option takes one.
+    pub arg: Option<&'static str>,
+    pub help: &'static str,
+    pub support: Support,
+}
+
+const fn flag(
+    letter: char,
+    arg: Option<&'static str>,
+    help: &'static str,
+    support: Support,
+) -> Flag {
+    Flag {
+        letter,
+        arg,
+        help,
+        support,
+    }
+}
+
+use Support::{NoEffect, NotYet, Obsolete, Yes};
+
+/// Every option letter of pen 0.34.1, in the order of its usage text.
+pub const FLAGS: &[Flag] = &[
+    flag('B', Some("host:port"), "abuse server for clients denied by the client ACL", NotYet("access lists")),
+    flag('C', Some("addr:port"), "control port", NotYet("the control port")),
+    flag('T', Some("sec"), "client tracking time in seconds (0 = forever) [0]", Yes),
+    flag('H', None, "add X-Forwarded-For header in http requests", NotYet("HTTP header insertion")),
+    flag('U', None, "use udp protocol support", NotYet("UDP balancing")),
+    flag('O', Some("option"), "use option in penctl format", NotYet("control commands")),
+    flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
+    flag('W', None, "use weight for server selection", Yes),
+    flag('X', None, "enable 'exit' command for control port", NotYet("the control port")),
+    flag('a', None, "debugging dumps in ascii format", Yes),
+    flag('b', Some("sec"), "blacklist time in seconds [30]", Yes),
+    flag('c', Some("N"), "max number of clients [2048]", Yes),
+    flag('d', None, "debugging on (repeat -d for more)", Yes),
+    flag('e', Some("host:port"), "emergency server of last resort", Yes),
+    flag('f', None, "stay in foreground", Yes),
+    flag('h', None, "use hash for initial server selection", Yes),
+    flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
+    flag('F', Some("file"), "name of configuration file", NotYet("configuration files")),
+    flag('l', Some("file"), "logging on", NotYet("the request log")),
+    flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
+    flag('q', Some("N"), "listen queue (backlog) length [500]", Yes),
+    flag('r', None, "bypass client tracking in server selection", Yes),
+    flag('s', None, "stubborn selection, i.e. don't fail over", Yes),
+    flag('t', Some("sec"), "connect timeout in seconds [3]", Yes),
+    flag('u', Some("user"), "run as alternative user", NotYet("privilege dropping")),
+    flag('p', Some("file"), "write pid to file", NotYet("pid files")),
+    flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
+    flag('w', Some("file"), "save statistics in HTML format in a file", NotYet("statistics files")),
+    flag('o', Some("option"), "use option in penctl format", NotYet("control commands")),
+    flag('E', Some("certfile"), "use the given certificate in PEM format", NotYet("TLS termination")),
+    flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", NotYet("TLS termination")),
+    flag('G', Some("cacertfile"), "file containing the CA's certificate", NotYet("TLS termination")),
+    flag('A', Some("cacertdir"), "directory containing CA certificates in hashed format", NotYet("TLS termination")),
+    flag('Z', None, "use SSL compatibility mode", NotYet("TLS termination")),
+    flag('R', None, "require valid peer certificate", NotYet("TLS termination")),
+    flag('L', Some("protocol"), "TLS protocol versions", NotYet("TLS termination")),
+    flag('D', None, "obsolete", Obsolete("Pen 0.26.0 removed the delayed forward feature,\nmaking the -D option obsolete")),
+    flag('N', None, "obsolete; prints this usage", Yes),
+    flag('Q', None, "obsolete", Obsolete("Since Pen 0.26.0, kqueue is already the default on supported systems,\nmaking the -Q option obsolete")),
+    flag('S', Some("N"), "obsolete", Obsolete("As of 0.28.1 the server table is expanded dynamically,\nmaking the -S option obsolete")),
+    flag('n', None, "obsolete", Obsolete("Pen 0.26.0 and up uses only nonblocking sockets,\nmaking the -n option obsolete")),
+    flag('i', Some("name"), "Windows only: prints \"Windows only\" and exits", Yes),
+];
+
+pub fn find_flag(letter: char) -> Option<&'static Flag> {
+    FLAGS.iter().find(|f| f.letter == letter)
+}
+
+/// Everything pen needs to start, validated and resolved.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: ListenAddr,
+    pub servers: Vec<ServerSpec>,
+    pub emergency: Option<ServerSpec>,
+    pub settings: Settings,
+    pub clients_max: NonZeroUsize,
+    /// `-x`; None = derived from the descriptor limit at startup.
+    pub conn_max: Option<NonZeroUsize>,
+    pub backlog: u32,
+    pub multi_accept: NonZeroUsize,
+    pub foreground: bool,
+    pub debug: u8,
+    pub ascii: bool,
+    /// Notices to print on stderr before starting (obsolete options, bumped values).
+    pub notices: Vec<String>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<Options>),
+    /// Print the usage text on stdout and exit 0 (no arguments, `-N`, as pen does).
+    Usage,
+    Help,
+    Version,
+    /// `-i`: print this and exit 0, as pen does.
+    ExitWith(&'static str),
+}
+
+/// A command line pen refuses. Every variant names the offending argument.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("invalid option -- '{0}' (see pen --help)")]
+    UnknownOption(String),
+    #[error("option -{0} requires an argument")]
+    MissingArgument(char),
+    #[error("-{flag} {value}: {expected}")]
+    BadValue {
+        flag: char,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("-{flag}: {feature} is not available in this version of pen")]
+    NotYet { flag: char, feature: &'static str },
+    #[error("no listen address given (usage: pen [options] [host:]port server ...)")]
+    NoListen,
+    #[error("listen address {0}")]
+    Listen(AddrError),
+    #[error("server {0}")]
+    Server(AddrError),
+    #[error("-{flag} {source}")]
+    FlagServer { flag: char, source: AddrError },
+}
+
+/// Parse `args` (without the program name).
+pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
+    if args.is_empty() {
+        return Ok(Invocation::Usage);
+    }
+    let mut raw = Raw::default();
+    let mut positionals: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        match arg.as_str() {
+            "--" => {
+                positionals.extend(args[i..].iter().map(String::as_str));
+                break;
+            }
+            "--help" => return Ok(Invocation::Help),
+            "--version" => return Ok(Invocation::Version),
+            a if a.starts_with("--") => return Err(CliError::UnknownOption(a.to_string())),
+            a if a.starts_with('-') && a.len() > 1 => {
+                for (at, letter) in a[1..].char_indices() {
+                    let flag = find_flag(letter)
+                        .ok_or_else(|| CliError::UnknownOption(letter.to_string()))?;
+                    let value = match flag.arg {
+                        None => None,
+                        Some(_) => {
+                            let rest = &a[1 + at + letter.len_utf8()..];
+                            if !rest.is_empty() {
+                                Some(rest.to_string())
+                            } else if i < args.len() {
+                                i += 1;
+                                Some(args[i - 1].clone())
+                            } else {
+                                return Err(CliError::MissingArgument(letter));
+                            }
+                        }
+                    };
+                    if let Some(early) = raw.apply(flag, value.as_deref())? {
+                        return Ok(early);
+                    }
+                    if flag.arg.is_some() {
+                        break;
+                    }
+                }
+            }
+            a => positionals.push(a),
+        }
+    }
+    raw.finish(&positionals)
+        .map(|o| Invocation::Run(Box::new(o)))
+}
+
+/// Options as given, before the positionals are known.
+#[derive(Default)]
+struct Raw {
+    settings: Settings,
+    clients_max: Option<NonZeroUsize>,
+    conn_max: Option<NonZeroUsize>,
+    backlog: Option<u32>,
+    multi_accept: Option<NonZeroUsize>,
+    emergency: Option<String>,
+    foreground: bool,
+    debug: u8,
+    ascii: bool,
+    notices: Vec<String>,
+}
+
+fn number<T: std::str::FromStr>(
+    flag: char,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, CliError> {
+    value.parse().map_err(|_| CliError::BadValue {
+        flag,
+        value: value.to_string(),
+        expected,
+    })
+}
+
+fn seconds(flag: char, value: &str) -> Result<Duration, CliError> {
+    number::<u32>(flag, value, "expected a number of seconds")
+        .map(|s| Duration::from_secs(s.into()))
+}
+
+fn positive(flag: char, value: &str) -> Result<NonZeroUsize, CliError> {
+    let n: usize = number(flag, value, "expected a positive number")?;
+    // Bounded so that a typo cannot ask for terabytes of table.
+    match NonZeroUsize::new(n) {
+        Some(n) if n.get() <= 100_000_000 => Ok(n),
+        _ => Err(CliError::BadValue {
+            flag,
+            value: value.to_string(),
+            expected: "expected a number from 1 to 100000000",
+        }),
+    }
+}
+
+impl Raw {
+    /// Apply one option. Returns an invocation that ends parsing early (`-i`, `-N`).
+    fn apply(&mut self, flag: &Flag, value: Option<&str>) -> Result<Option<Invocation>, CliError> {
+        let letter = flag.letter;
+        match flag.support {
+            NotYet(feature) => {
+                return Err(CliError::NotYet {
+                    flag: letter,
+                    feature,
+                })
+            }
+            Obsolete(notice) => {
+                self.notices.push(notice.to_string());
+                return Ok(None);
+            }
+            NoEffect(_) | Yes => {}
+        }
+        let v = value.unwrap_or("");
+        let s = &mut self.settings;
+        match letter {
+            'P' => {}
+            'W' => s.weight = true,
+            'a' => self.ascii = true,
+            'b' => s.blacklist_time = seconds(letter, v)?,
+            'c' => self.clients_max = Some(positive(letter, v)?),
+            'd' => self.debug = self.debug.saturating_add(1),
+            'e' => self.emergency = Some(v.to_string()),
+            'f' => self.foreground = true,
+            'h' => s.hash = true,
+            'm' => {
+                let n: i64 = number(letter, v, "expected a number")?;
+                if n < 1 {
+                    self.notices.push("multi_accept bumped to 1".into());
+                }
+                let n = usize::try_from(n.clamp(1, 1_000_000)).unwrap_or(1);
+                self.multi_accept = NonZeroUsize::new(n);
+            }
+            'q' => {
+                let n: i64 = number(letter, v, "expected a number")?;
+                if n < 50 {
+                    self.notices.push("listen_queue bumped to 50".into());
+                }
+                self.backlog = Some(u32::try_from(n.clamp(50, 1 << 20)).unwrap_or(50));
+            }
+            'r' => s.roundrobin = true,
+            's' => s.stubborn = true,
+            't' => {
+                let t = seconds(letter, v)?;
+                if t.is_zero() {
+                    return Err(CliError::BadValue {
+                        flag: letter,
+                        value: v.to_string(),
+                        expected: "the connect timeout must be at least 1 second",
+                    });
+                }
+                s.connect_timeout = t;
+            }
+            'T' => s.tracking = seconds(letter, v)?,
+            'x' => self.conn_max = Some(positive(letter, v)?),
+            'N' => return Ok(Some(Invocation::Usage)),
+            'i' => return Ok(Some(Invocation::ExitWith("Windows only"))),
+            other => unreachable!("option -{other} is in FLAGS as supported but has no handler"),
+        }
+        Ok(None)
+    }
+
+    fn finish(self, positionals: &[&str]) -> Result<Options, CliError> {
+        let (listen, servers) = positionals.split_first().ok_or(CliError::NoListen)?;
+        let listen = addr::parse_listen(listen).map_err(CliError::Listen)?;
+        let port = listen.default_port();
+        let servers = servers
+            .iter()
+            .map(|s| addr::parse_server(s, port).map_err(CliError::Server))
+            .collect::<Result<Vec<_>, _>>()?;
+        let emergency = self
+            .emergency
+            .map(|e| {
+                addr::parse_server(&e, port)
+                    .map_err(|source| CliError::FlagServer { flag: 'e', source })
+            })
+            .transpose()?;
+        Ok(Options {
+            listen,
+            servers,
+            emergency,
+            settings: self.settings,
+            clients_max: self
+                .clients_max
+                .unwrap_or(NonZeroUsize::new(DEFAULT_CLIENTS_MAX).expect("non-zero constant")),
+            conn_max: self.conn_max,
+            backlog: self.backlog.unwrap_or(500),
+            multi_accept: self
+                .multi_accept
+                .unwrap_or(NonZeroUsize::new(100).expect("non-zero constant")),
+            foreground: self.foreground,
+            debug: self.debug,
+            ascii: self.ascii,
+            notices: self.notices,
+        })
+    }
+}
+
+/// The usage text (pen's layout, listing this build's options), for `pen` alone and `--help`.
+pub fn usage() -> String {
+    let mut out = String::from(
+        "usage:\n  pen [options] [host:]port h1[:p1[:maxc1[:hard1[:weight1[:prio1]]]]] [h2[:p2[:maxc2[:hard2[:weight2[:prio2]]]]]] ...\n\n",
+    );
+    for f in FLAGS {
+        let left = match f.arg {
+            Some(a) => format!("-{} {a}", f.letter),
+            None => format!("-{}", f.letter),
+        };
+        let note = match f.support {
+            NotYet(feature) => format!(" (not yet available: {feature})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("  {left:<16} {}{note}\n", f.help));
+    }
+    out.push_str(
+        "  --help           print this text\n  --version        print the version\n\nexample:\n  pen smtp mailhost1:smtp mailhost2:25 mailhost3\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn run(s: &str) -> Options {
+        match parse(&args(s)).unwrap() {
+            Invocation::Run(o) => *o,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn err(s: &str) -> String {
+        parse(&args(s)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn options_clusters_attached_values_and_options_after_positionals() {
+        let o = run(
+            "-fr -b5 -T 7 127.0.0.1:8080 127.0.0.1:9001 -x 64 127.0.0.1:9002:3:4:5:6 -dd -d -c10",
+        );
+        assert!(o.foreground && o.settings.roundrobin);
+        assert_eq!(o.settings.blacklist_time, Duration::from_secs(5));
+        assert_eq!(o.settings.tracking, Duration::from_secs(7));
+        assert_eq!(o.conn_max.map(NonZeroUsize::get), Some(64));
+        assert_eq!(o.clients_max.get(), 10);
+        assert_eq!(o.debug, 3);
+        assert_eq!(o.servers.len(), 2);
+        assert_eq!(o.servers[1].prio, 6);
+        assert_eq!(o.servers[0].backend.port(), 9001);
+    }
+
+    #[test]
+    fn defaults_match_pen() {
+        let o = run("8080 127.0.0.1");
+        assert_eq!(o.settings, Settings::default());
+        assert_eq!(o.settings.blacklist_time, Duration::from_secs(30));
+        assert_eq!(o.settings.connect_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (o.clients_max.get(), o.backlog, o.multi_accept.get()),
+            (2048, 500, 100)
+        );
+        assert_eq!(
+            o.servers[0].backend.port(),
+            8080,
+            "default port = listen port"
+        );
+        assert!(!o.foreground);
+    }
+
+    #[test]
+    fn pen_quirks_kept() {
+        let o = run("-m 0 -q 10 -D -n 1 127.0.0.1");
+        assert_eq!((o.multi_accept.get(), o.backlog), (1, 50));
+        assert_eq!(o.notices.len(), 4);
+        assert!(matches!(parse(&args("-N 1 2")).unwrap(), Invocation::Usage));
+        assert!(matches!(
+            parse(&args("-i x")).unwrap(),
+            Invocation::ExitWith("Windows only")
+        ));
+        assert!(matches!(parse(&[]).unwrap(), Invocation::Usage));
+        assert!(matches!(parse(&args("--help")).unwrap(), Invocation::Help));
+        assert!(matches!(
+            parse(&args("--version")).unwrap(),
+            Invocation::Version
+        ));
+    }
+
+    #[test]
+    fn bad_input_names_the_argument() {
+        let cases = [
+            ("-z 1 2", "'z'"),
+            ("--frobnicate 1", "--frobnicate"),
+            ("-b", "-b requires an argument"),
+            ("-b abc 1 2", "-b abc"),
+            ("-t 0 1 2", "-t 0"),
+            ("-c 0 1 2", "-c 0"),
+            ("-x -5 1 2", "-x -5"),
+            ("-f", "no listen address"),
+            ("99999 127.0.0.1", "'99999'"),
+            ("8080 127.0.0.1:80:x", "maxc 'x'"),
+            ("8080 nonexistent.invalid", "nonexistent.invalid"),
+            ("-e bad:host:x 8080 127.0.0.1", "-e"),
+            (
+                "-C 1234 8080 127.0.0.1",
+                "-C: the control port is not available",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = err(line);
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_letter_of_pen_0_34_1_is_known() {
+        let pen = "B:C:F:O:S:T:b:c:e:i:j:l:m:o:p:q:t:u:w:x:DHNPQWXUadfhnrsE:K:G:A:ZRL:";
+        let mut chars = pen.chars().peekable();
+        while let Some(c) = chars.next() {
+            let takes_arg = chars.peek() == Some(&':');
+            if takes_arg {
+                chars.next();
+            }
+            let f = find_flag(c).unwrap_or_else(|| panic!("-{c} missing"));
+            assert_eq!(f.arg.is_some(), takes_arg, "-{c}");
+        }
+        assert_eq!(FLAGS.len(), pen.chars().filter(|c| *c != ':').count());
+    }
+}

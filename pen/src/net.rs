@@ -1,0 +1,212 @@
+//! Sockets: listeners (TCP or Unix), upstream connects, and one stream type for both families,
+//! so the relay and the balancer never care which it is.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+
+use crate::addr::{Backend, ListenAddr};
+use crate::balancer::{Peer, Settings};
+
+/// A connected stream to a client or a server.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    /// Half-close: shut down the write side only, so the other direction keeps flowing.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What went wrong opening a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("can't bind {addr}: {source}")]
+    Io { addr: String, source: io::Error },
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("{0}: another process is listening on this socket")]
+    InUse(PathBuf),
+}
+
+/// A bound, listening socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Bind and listen. TCP listeners set SO_REUSEADDR but not SO_REUSEPORT (C pen does, so a
+    /// second pen on the same port silently shares its traffic). A wildcard IPv6 listener also
+    /// accepts IPv4 clients, as pen's does. A Unix path is replaced only if it is a stale socket.
+    /// Must run inside the tokio runtime.
+    pub fn bind(addr: &ListenAddr, backlog: u32) -> Result<Listener, BindError> {
+        let io_err = |source| BindError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        match addr {
+            ListenAddr::Tcp(sa) => {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(*sa),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .map_err(io_err)?;
+                socket.set_reuse_address(true).map_err(io_err)?;
+                if sa.is_ipv6() && sa.ip().is_unspecified() {
+                    socket.set_only_v6(false).map_err(io_err)?;
+                }
+                socket.set_nonblocking(true).map_err(io_err)?;
+                socket.bind(&(*sa).into()).map_err(io_err)?;
+                let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+                socket.listen(backlog).map_err(io_err)?;
+                TcpListener::from_std(socket.into())
+                    .map(Listener::Tcp)
+                    .map_err(io_err)
+            }
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                UnixListener::bind(path).map(Listener::Unix).map_err(io_err)
+            }
+        }
+    }
+
+    /// The bound address (useful when the port was 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    pub async fn accept(&self, nodelay: bool) -> io::Result<(Stream, Peer)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, sa) = l.accept().await?;
+                if nodelay {
+                    // Best effort: a socket that already died will fail the relay anyway.
+                    let _ = s.set_nodelay(true);
+                }
+                let peer = Peer {
+                    ip: Some(canonical(sa.ip())),
+                    port: sa.port(),
+                };
+                Ok((Stream::Tcp(s), peer))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), Peer { ip: None, port: 0 }))
+            }
+        }
+    }
+}
+
+/// An IPv4 client reaching an IPv6 wildcard listener arrives as `::ffff:a.b.c.d`; it is the same
+/// client as `a.b.c.d` for tracking, hashing and logs (pen treated them as different).
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// Remove `path` if it is a socket nobody listens on; refuse if it is anything else.
+fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BindError::Io {
+                addr: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(BindError::NotASocket(path.to_path_buf()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(BindError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|source| BindError::Io {
+        addr: path.display().to_string(),
+        source,
+    })
+}
+
+/// Open a connection to a server with the socket options the settings ask for.
+pub async fn connect(backend: &Backend, settings: &Settings) -> io::Result<Stream> {
+    match backend {
+        Backend::Tcp(sa) => {
+            let socket = if sa.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if settings.keepalive {
+                socket.set_keepalive(true)?;
+            }
+            if settings.tcp_nodelay {
+                socket.set_nodelay(true)?;
+            }
+            Ok(Stream::Tcp(socket.connect(*sa).await?))
+        }
+        Backend::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+    }
+}
+
+/// Whose fault a failed connect is. Only a server's fault blacklists it; running out of our
+/// own descriptors or buffers must not take healthy servers out of rotation.
+pub fn is_local_failure(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let local = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
+    e.raw_os_error()
+        .is_some_and(|code| local.iter().any(|&l| l as i32 == code))
+}
+
+/// Errors on accept that mean "out of descriptors or memory": back off instead of spinning.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    is_local_failure(e)
+}

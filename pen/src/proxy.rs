@@ -1,0 +1,166 @@
+//! The data plane: the accept loop and the life of one client connection, driving the balancer.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
+use crate::net::{self, Listener, Stream};
+use crate::relay::{self, RelayEnd, RelayOptions};
+
+/// The one lock around the balancer. Every access goes through `with`, which takes a closure:
+/// the lock can therefore never be held across an `.await`.
+pub struct Shared {
+    balancer: Mutex<Balancer>,
+}
+
+impl Shared {
+    pub fn new(balancer: Balancer) -> Arc<Self> {
+        Arc::new(Shared {
+            balancer: Mutex::new(balancer),
+        })
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut Balancer) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Balancer> {
+        // A panic while holding the lock leaves a consistent-enough balancer (every mutation is
+        // a few field updates); keep serving rather than poisoning the whole daemon.
+        self.balancer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Limits the accept loop: `-x` connection slots, and `-m` accepts per wake-up.
+pub struct Limits {
+    pub slots: Arc<Semaphore>,
+    pub conn_max: usize,
+    pub multi_accept: usize,
+}
+
+/// How long to pause accepting when the process is out of descriptors or memory.
+const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// At most one "out of descriptors" message per this interval.
+const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Accept clients until the future is dropped. One connection's error never stops the loop;
+/// running out of descriptors pauses it instead of spinning; a full connection table (`-x`)
+/// leaves new clients waiting in the kernel's backlog.
+pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits) {
+    let mut last_exhaustion_log: Option<Instant> = None;
+    let mut accepted_in_a_row = 0;
+    loop {
+        let Ok(permit) = limits.slots.clone().acquire_owned().await else {
+            return; // the semaphore was closed: shutting down
+        };
+        let nodelay = shared.with(|b| b.settings.tcp_nodelay);
+        match listener.accept(nodelay).await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve(shared.clone(), stream, peer, permit));
+                // `-m`: after this many accepts in a row, let the connections run first.
+                accepted_in_a_row += 1;
+                if accepted_in_a_row >= limits.multi_accept {
+                    accepted_in_a_row = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(e) if net::is_resource_exhaustion(&e) => {
+                drop(permit);
+                let now = Instant::now();
+                if last_exhaustion_log
+                    .is_none_or(|t| now.duration_since(t) >= EXHAUSTION_LOG_INTERVAL)
+                {
+                    warn!("accept: {e}; pausing new connections until descriptors free up");
+                    last_exhaustion_log = Some(now);
+                }
+                tokio::time::sleep(EXHAUSTION_PAUSE).await;
+            }
+            Err(e) => debug!("accept: {e}"),
+        }
+    }
+}
+
+/// Releases the connection's place in the balancer however the task ends (even if cancelled).
+struct ConnGuard<'a> {
+    shared: &'a Shared,
+    conn: Option<ConnId>,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.conn.take() {
+            self.shared.with(|b| b.closed(id));
+        }
+    }
+}
+
+fn describe(target: Target) -> String {
+    match target {
+        Target::Server(id) => format!("server {}", id.0),
+        Target::Emergency => "the emergency server".to_string(),
+        Target::Abuse => "the abuse server".to_string(),
+    }
+}
+
+/// One client connection: choose a server, connect (failing over as the balancer says), relay.
+async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSemaphorePermit) {
+    let (mut admission, settings) =
+        shared.with(|b| (b.admit(peer, Instant::now()), b.settings.clone()));
+    let mut guard = ConnGuard {
+        shared: &shared,
+        conn: None,
+    };
+    let mut client = client;
+    loop {
+        let Admission::Connect {
+            conn,
+            target,
+            backend,
+        } = admission
+        else {
+            debug!("no server for client {peer:?}; closing it");
+            return;
+        };
+        guard.conn = Some(conn);
+        let attempt =
+            tokio::time::timeout(settings.connect_timeout, net::connect(&backend, &settings));
+        let failure = match attempt.await {
+            Ok(Ok(mut upstream)) => {
+                let counters = shared.with(|b| {
+                    b.connected(conn);
+                    b.conn(conn).map(|c| c.counters.clone())
+                });
+                let Some(counters) = counters else { return };
+                let options = RelayOptions {
+                    idle_timeout: settings.idle_timeout,
+                    fastclose: settings.fastclose,
+                };
+                match relay::relay(&mut client, &mut upstream, &counters, options).await {
+                    RelayEnd::Error(side, e) => {
+                        debug!("connection {}: {side:?} error: {e}", conn.0)
+                    }
+                    end => debug!("connection {}: {end:?}", conn.0),
+                }
+                return;
+            }
+            Ok(Err(e)) if net::is_local_failure(&e) => {
+                warn!("can't connect to {backend}: {e} (our resources, not the server's fault)");
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timeout".to_string(),
+        };
+        info!(
+            "{} ({backend}) failed: {failure}; blacklisting it",
+            describe(target)
+        );
+        admission = shared.with(|b| b.connect_failed(conn, Instant::now()));
+        if admission == Admission::Refuse {
+            // The balancer already forgot the connection.
+            guard.conn = None;
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Relaying bytes between a client and its server, both directions at once, in one task.
+//!
+//! Memory: reads go into one scratch buffer per worker thread, and are written straight on. Only
+//! what the destination does not take at once is kept, in a per-direction buffer, and while it is
+//! kept that direction stops reading (back-pressure, as pen does). An idle connection therefore
+//! holds no buffer at all, whatever the number of connections.
+//!
+//! Half-close: when one side sends EOF, everything it sent is delivered, then the other side's
+//! write half is shut down; the opposite direction goes on until it ends too.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::balancer::{ConnCounters, FastClose};
+
+/// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
+const CHUNK: usize = 64 * 1024;
+
+/// Reads per direction before yielding to other tasks, so one fast connection cannot starve the
+/// rest of its worker thread.
+const READS_PER_POLL: usize = 16;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+}
+
+/// Which side of the connection an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both sides sent EOF and everything was delivered.
+    Done,
+    /// `tcp_fastclose`: one side finished and the connection was closed without waiting.
+    FastClose,
+    /// No traffic for `idle_timeout`.
+    Idle,
+    /// A read or write failed; the side says whose socket it was.
+    Error(Side, io::Error),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    pub idle_timeout: Duration,
+    pub fastclose: FastClose,
+}
+
+/// One direction: reads from `src`, writes to `dst`.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not yet written (only when the destination pushed back).
+    pending: Vec<u8>,
+    written: usize,
+    eof: bool,
+    /// EOF was forwarded (the destination's write half is shut down).
+    done: bool,
+}
+
+impl Half {
+    /// Move bytes from `src` to `dst` until one of them would block. Ready(Ok) once EOF has been
+    /// forwarded. `progress` is set when any byte moved.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut R,
+        dst: &mut W,
+        mut count: impl FnMut(usize),
+        progress: &mut bool,
+    ) -> Poll<Result<(), (bool, io::Error)>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // The bool in the error says whether it came from the source (true) or the destination.
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        for _ in 0..READS_PER_POLL {
+            while self.written < self.pending.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err((false, zero_write()))),
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        *progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.pending.clear();
+            self.written = 0;
+            if self.eof {
+                return match Pin::new(&mut *dst).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.done = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    // The peer may already be gone; the direction is finished either way.
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                        self.done = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((false, e))),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            let step = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((true, e))),
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        self.eof = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let data = buf.filled();
+                        count(data.len());
+                        *progress = true;
+                        // Write straight from the scratch buffer; keep only what does not fit.
+                        let mut sent = 0;
+                        while sent < data.len() {
+                            match Pin::new(&mut *dst).poll_write(cx, &data[sent..]) {
+                                Poll::Ready(Ok(0)) => {
+                                    return Poll::Ready(Err((false, zero_write())))
+                                }
+                                Poll::Ready(Ok(n)) => sent += n,
+                                Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                                Poll::Pending => break,
+                            }
+                        }
+                        self.pending.extend_from_slice(&data[sent..]);
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            });
+            match step {
+                Poll::Ready(Ok(())) => continue,
+                other => return other,
+            }
+        }
+        // Budget used up: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn zero_write() -> io::Error {
+    io::Error::new(io::ErrorKind::WriteZero, "peer accepted no bytes")
+}
+
+/// Relay until both directions end, one fails, fast-close applies, or the idle timeout fires.
+pub async fn relay<C, S>(
+    client: &mut C,
+    server: &mut S,
+    counters: &ConnCounters,
+    options: RelayOptions,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up = Half::default(); // client -> server
+    let mut down = Half::default(); // server -> client
+    let idle = options.idle_timeout;
+    let mut last_activity = Instant::now();
+    let mut timer: Option<Pin<Box<Sleep>>> =
+        (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
+
+    poll_fn(|cx| {
+        let mut progress = false;
+        let up_state = up.poll_pump(
+            cx,
+            client,
+            server,
+            |n| counters.add_to_server(n),
+            &mut progress,
+        );
+        if let Poll::Ready(Err((from_src, e))) = up_state {
+            let side = if from_src { Side::Client } else { Side::Server };
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        let down_state = down.poll_pump(
+            cx,
+            server,
+            client,
+            |n| counters.add_to_client(n),
+            &mut progress,
+        );
+        if let Poll::Ready(Err((from_src, e))) = down_state {
+            let side = if from_src { Side::Server } else { Side::Client };
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        if up.done && down.done {
+            return Poll::Ready(RelayEnd::Done);
+        }
+        let fast = match options.fastclose {
+            FastClose::Off => false,
+            FastClose::Up => down.done,
+            FastClose::Down => up.done,
+            FastClose::Both => up.done || down.done,
+        };
+        if fast {
+            return Poll::Ready(RelayEnd::FastClose);
+        }
+        if let Some(timer) = timer.as_mut() {
+            if progress {
+                last_activity = Instant::now();
+            }
+            // Re-arm lazily: the timer only moves when it fires early.
+            while timer.as_mut().poll(cx).is_ready() {
+                let deadline = last_activity + idle;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(RelayEnd::Idle);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    fn options() -> RelayOptions {
+        RelayOptions {
+            idle_timeout: Duration::ZERO,
+            fastclose: FastClose::Off,
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_counts() {
+        // Small duplex buffers force partial writes and back-pressure.
+        let (mut client, mut pen_client) = duplex(1000);
+        let (mut pen_server, mut server) = duplex(700);
+        let counters = ConnCounters::default();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let reply: Vec<u8> = payload.iter().rev().copied().collect();
+        let relay = relay(&mut pen_client, &mut pen_server, &counters, options());
+        let client_side = async {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(&reply).await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        };
+        let (end, to_client, to_server) = tokio::join!(relay, client_side, server_side);
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        assert!(to_server == payload && to_client == reply);
+        assert_eq!(counters.to_server(), payload.len() as u64);
+        assert_eq!(counters.to_client(), reply.len() as u64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fires_only_without_traffic() {
+        let (mut client, mut pen_client) = duplex(64);
+        let (mut pen_server, _server) = duplex(64);
+        let counters = ConnCounters::default();
+        let opts = RelayOptions {
+            idle_timeout: Duration::from_secs(10),
+            fastclose: FastClose::Off,
+        };
+        let started = Instant::now();
+        let talker = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                client.write_all(b"x").await.unwrap();
+            }
+            std::future::pending::<()>().await
+        };
+        let end = tokio::select! {
+            end = relay(&mut pen_client, &mut pen_server, &counters, opts) => end,
+            _ = talker => unreachable!(),
+        };
+        assert!(matches!(end, RelayEnd::Idle), "{end:?}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(28),
+            "last byte at 18 s + 10 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn fastclose_up_ends_when_the_server_is_done() {
+        let (_client, mut pen_client) = duplex(64);
+        let (mut pen_server, mut server) = duplex(64);
+        let counters = ConnCounters::default();
+        server.write_all(b"bye").await.unwrap();
+        server.shutdown().await.unwrap();
+        let opts = RelayOptions {
+            idle_timeout: Duration::ZERO,
+            fastclose: FastClose::Up,
+        };
+        let end = relay(&mut pen_client, &mut pen_server, &counters, opts).await;
+        assert!(matches!(end, RelayEnd::FastClose), "{end:?}");
+        assert_eq!(counters.to_client(), 3);
+    }
+}
