@@ -190,6 +190,11 @@ pub fn lookup_service(services: &str, name: &str) -> Option<u16> {
     })
 }
 
+/// Resolve a host name or address literal (first result), as `server N address` needs.
+pub fn resolve(host: &str) -> Result<IpAddr, AddrError> {
+    resolve_host(host, host)
+}
+
 /// Resolve a host: literals directly, names through the system resolver (first result).
 fn resolve_host(spec: &str, host: &str) -> Result<IpAddr, AddrError> {
     if host.is_empty() {

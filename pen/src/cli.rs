@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
 use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
+use crate::control::{self, Command, ControlError};
 
 /// What an option letter does in this build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub const FLAGS: &[Flag] = &[
     flag('T', Some("sec"), "client tracking time in seconds (0 = forever) [0]", Yes),
     flag('H', None, "add X-Forwarded-For header in http requests", NotYet("HTTP header insertion")),
     flag('U', None, "use udp protocol support", NotYet("UDP balancing")),
-    flag('O', Some("option"), "use option in penctl format", NotYet("control commands")),
+    flag('O', Some("option"), "same as -o", Yes),
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
     flag('X', None, "enable 'exit' command for control port", NotYet("the control port")),
@@ -82,7 +83,7 @@ pub const FLAGS: &[Flag] = &[
     flag('p', Some("file"), "write pid to file", NotYet("pid files")),
     flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
     flag('w', Some("file"), "save statistics in HTML format in a file", NotYet("statistics files")),
-    flag('o', Some("option"), "use option in penctl format", NotYet("control commands")),
+    flag('o', Some("option"), "run a command in penctl format (see penctl(1)); its reply goes to stdout", Yes),
     flag('E', Some("certfile"), "use the given certificate in PEM format", NotYet("TLS termination")),
     flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", NotYet("TLS termination")),
     flag('G', Some("cacertfile"), "file containing the CA's certificate", NotYet("TLS termination")),
@@ -119,6 +120,11 @@ pub struct Options {
     pub ascii: bool,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
+    /// Replies of `-o` commands already applied, for stdout.
+    pub replies: Vec<String>,
+    /// `-o` commands that need the server or client table, in order; they run before the
+    /// positional servers are set, so those win, as in pen.
+    pub commands: Vec<Command>,
 }
 
 /// What the command line asks for.
@@ -156,6 +162,12 @@ pub enum CliError {
     Server(AddrError),
     #[error("-{flag} {source}")]
     FlagServer { flag: char, source: AddrError },
+    #[error("-{flag} '{text}': {source}")]
+    Command {
+        flag: char,
+        text: String,
+        source: ControlError,
+    },
 }
 
 /// Parse `args` (without the program name).
@@ -223,6 +235,8 @@ struct Raw {
     debug: u8,
     ascii: bool,
     notices: Vec<String>,
+    replies: Vec<String>,
+    commands: Vec<Command>,
 }
 
 fn number<T: std::str::FromStr>(
@@ -314,6 +328,17 @@ impl Raw {
             }
             'T' => s.tracking = seconds(letter, v)?,
             'x' => self.conn_max = Some(positive(letter, v)?),
+            'o' | 'O' => {
+                let cmd = control::parse(v).map_err(|source| CliError::Command {
+                    flag: letter,
+                    text: v.to_string(),
+                    source,
+                })?;
+                match control::execute_setting(&cmd, s) {
+                    Some(reply) => self.replies.push(reply),
+                    None => self.commands.push(cmd),
+                }
+            }
             'N' => return Ok(Some(Invocation::Usage)),
             'i' => return Ok(Some(Invocation::ExitWith("Windows only"))),
             other => unreachable!("option -{other} is in FLAGS as supported but has no handler"),
@@ -353,6 +378,8 @@ impl Raw {
             debug: self.debug,
             ascii: self.ascii,
             notices: self.notices,
+            replies: self.replies,
+            commands: self.commands,
         })
     }
 }
@@ -469,11 +496,50 @@ mod tests {
                 "-C 1234 8080 127.0.0.1",
                 "-C: the control port is not available",
             ),
+            ("-o", "-o requires an argument"),
         ];
         for (line, want) in cases {
             let e = err(line);
             assert!(e.contains(want), "{line}: {e}");
         }
+        let bad_command = ["-o", "blacklist x", "8080", "127.0.0.1"].map(String::from);
+        let e = parse(&bad_command).unwrap_err().to_string();
+        assert!(e.contains("-o 'blacklist x'") && e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn o_commands_apply_in_order_with_the_flags() {
+        let line = [
+            "-o",
+            "prio",
+            "-r",
+            "-o",
+            "no roundrobin",
+            "-O",
+            "blacklist 4",
+            "-o",
+            "server 0 weight 2",
+            "-o",
+            "mode",
+            "1",
+            "127.0.0.1:9",
+        ];
+        let o = match parse(&line.map(String::from)).unwrap() {
+            Invocation::Run(o) => *o,
+            other => panic!("{other:?}"),
+        };
+        assert!(o.settings.prio && !o.settings.roundrobin);
+        assert_eq!(o.settings.blacklist_time, Duration::from_secs(4));
+        assert_eq!(
+            o.replies,
+            [
+                "",
+                "",
+                "4\n",
+                "no hash no roundrobin no stubborn no weight prio\n"
+            ]
+        );
+        assert_eq!(o.commands.len(), 1);
     }
 
     #[test]

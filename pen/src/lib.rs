@@ -13,6 +13,7 @@
 pub mod addr;
 pub mod balancer;
 pub mod cli;
+pub mod control;
 pub mod logging;
 pub mod net;
 pub mod proxy;

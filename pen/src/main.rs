@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     for notice in &options.notices {
         eprintln!("{notice}");
     }
+    for reply in &options.replies {
+        print!("{reply}");
+    }
     pen::logging::init(options.debug);
     if !options.foreground {
         eprintln!(

@@ -8,8 +8,11 @@ use anyhow::Context;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::balancer::Balancer;
+use std::time::Instant;
+
+use crate::balancer::{Balancer, Server, ServerId};
 use crate::cli::Options;
+use crate::control;
 use crate::net::Listener;
 use crate::proxy::{self, Limits, Shared};
 
@@ -66,8 +69,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
 async fn serve(options: Options, conn_max: NonZeroUsize) -> anyhow::Result<()> {
     let listener = Listener::bind(&options.listen, options.backlog)?;
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
-    for spec in &options.servers {
-        balancer.add_server(spec);
+    let port = options.listen.default_port();
+    for cmd in &options.commands {
+        let reply = control::execute(cmd, &mut balancer, Instant::now(), port)
+            .map_err(|e| anyhow::anyhow!("-o: {e}"))?;
+        print!("{reply}");
+    }
+    for (i, spec) in options.servers.iter().enumerate() {
+        balancer.replace_server(ServerId(i), Server::from_spec(spec));
     }
     balancer.set_emergency(options.emergency.as_ref());
     let shared = Shared::new(balancer);

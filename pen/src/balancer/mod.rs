@@ -274,6 +274,32 @@ impl Balancer {
         &self.servers
     }
 
+    /// Set a server slot, growing the table with blank slots if needed. Connections already
+    /// counted on the slot stay counted, so limits keep holding across the change.
+    pub fn replace_server(&mut self, id: ServerId, mut server: Server) {
+        if self.servers.len() <= id.0 {
+            self.servers.resize_with(id.0 + 1, Server::default);
+        }
+        let old = &self.servers[id.0];
+        server.conns = old.conns;
+        server.sent = old.sent;
+        server.received = old.received;
+        server.last_failure = old.last_failure;
+        self.servers[id.0] = server;
+    }
+
+    /// Bytes sent to and received from a server: closed connections plus live ones.
+    pub fn server_bytes(&self, target: Target) -> (u64, u64) {
+        let Some(s) = self.slot(target) else {
+            return (0, 0);
+        };
+        self.conns()
+            .filter(|(_, c)| c.target == Some(target))
+            .fold((s.sent, s.received), |(up, down), (_, c)| {
+                (up + c.counters.to_server(), down + c.counters.to_client())
+            })
+    }
+
     pub fn server_mut(&mut self, id: ServerId) -> Option<&mut Server> {
         self.servers.get_mut(id.0)
     }
