@@ -38,7 +38,10 @@ pub struct ClientEntry {
 }
 
 pub struct ClientTable {
+    /// Unbounded underneath, with the capacity enforced here, so memory follows the clients
+    /// actually seen rather than `clients_max` (a table of a million costs nothing until used).
     map: LruCache<ClientKey, ClientEntry>,
+    capacity: NonZeroUsize,
     /// Slots never used yet are handed out in order; evicted entries give theirs to the newcomer.
     next_slot: usize,
 }
@@ -46,13 +49,14 @@ pub struct ClientTable {
 impl ClientTable {
     pub fn new(capacity: NonZeroUsize) -> Self {
         ClientTable {
-            map: LruCache::new(capacity),
+            map: LruCache::unbounded(),
+            capacity,
             next_slot: 0,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.map.cap().get()
+        self.capacity.get()
     }
 
     pub fn len(&self) -> usize {
@@ -65,9 +69,7 @@ impl ClientTable {
 
     /// Grow the table (pen's `clients_max` never shrinks it either).
     pub fn grow(&mut self, capacity: NonZeroUsize) {
-        if capacity > self.map.cap() {
-            self.map.resize(capacity);
-        }
+        self.capacity = self.capacity.max(capacity);
     }
 
     /// Record a connection from `key` at `now` and return its entry.
@@ -86,7 +88,7 @@ impl ClientTable {
             !tracking.is_zero() && now.saturating_duration_since(e.last_seen) > tracking
         };
         if self.map.get(&key).is_none_or(expired) {
-            let (len, cap) = (self.map.len(), self.map.cap().get());
+            let (len, cap) = (self.map.len(), self.capacity.get());
             let slot = match self.map.peek(&key).map(|old| old.slot) {
                 Some(slot) => slot,
                 None if len < cap => {
