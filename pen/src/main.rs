@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::ExitWith(text)) => {
-            println!("{text}");
+            eprintln!("{text}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
