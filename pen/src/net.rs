@@ -73,18 +73,18 @@ pub enum BindError {
     InUse(PathBuf),
 }
 
-/// A bound, listening socket.
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
+/// A bound, listening socket, not yet tied to any runtime: each data-plane thread registers its
+/// own clone, so every thread accepts for itself.
+pub enum BoundListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
 }
 
-impl Listener {
+impl BoundListener {
     /// Bind and listen. TCP listeners set SO_REUSEADDR but not SO_REUSEPORT (C pen does, so a
     /// second pen on the same port silently shares its traffic). A wildcard IPv6 listener also
     /// accepts IPv4 clients, as pen's does. A Unix path is replaced only if it is a stale socket.
-    /// Must run inside the tokio runtime.
-    pub fn bind(addr: &ListenAddr, backlog: u32) -> Result<Listener, BindError> {
+    pub fn bind(addr: &ListenAddr, backlog: u32) -> Result<BoundListener, BindError> {
         let io_err = |source| BindError::Io {
             addr: addr.to_string(),
             source,
@@ -105,13 +105,13 @@ impl Listener {
                 socket.bind(&(*sa).into()).map_err(io_err)?;
                 let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
                 socket.listen(backlog).map_err(io_err)?;
-                TcpListener::from_std(socket.into())
-                    .map(Listener::Tcp)
-                    .map_err(io_err)
+                Ok(BoundListener::Tcp(socket.into()))
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
-                UnixListener::bind(path).map(Listener::Unix).map_err(io_err)
+                let l = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+                l.set_nonblocking(true).map_err(io_err)?;
+                Ok(BoundListener::Unix(l))
             }
         }
     }
@@ -119,11 +119,35 @@ impl Listener {
     /// The bound address (useful when the port was 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Listener::Tcp(l) => l.local_addr().ok(),
-            Listener::Unix(_) => None,
+            BoundListener::Tcp(l) => l.local_addr().ok(),
+            BoundListener::Unix(_) => None,
         }
     }
 
+    /// Another descriptor for the same listening socket.
+    pub fn try_clone(&self) -> io::Result<BoundListener> {
+        Ok(match self {
+            BoundListener::Tcp(l) => BoundListener::Tcp(l.try_clone()?),
+            BoundListener::Unix(l) => BoundListener::Unix(l.try_clone()?),
+        })
+    }
+
+    /// Register with the current thread's runtime. Must run inside it.
+    pub fn register(self) -> io::Result<Listener> {
+        Ok(match self {
+            BoundListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            BoundListener::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
+        })
+    }
+}
+
+/// A listening socket registered with a runtime.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
     pub async fn accept(&self, nodelay: bool) -> io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(l) => {

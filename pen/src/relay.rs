@@ -73,6 +73,7 @@ impl Half {
     /// forwarded. `progress` is set when any byte moved.
     fn poll_pump<R, W>(
         &mut self,
+        other_done: bool,
         cx: &mut Context<'_>,
         src: &mut R,
         dst: &mut W,
@@ -101,6 +102,12 @@ impl Half {
             }
             self.pending.clear();
             self.written = 0;
+            if self.eof && other_done {
+                // The last direction to end: the close that follows sends the FIN, so a
+                // separate shutdown would be one more syscall for nothing.
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
             if self.eof {
                 return match Pin::new(&mut *dst).poll_shutdown(cx) {
                     Poll::Ready(Ok(())) => {
@@ -183,6 +190,7 @@ where
     poll_fn(|cx| {
         let mut progress = false;
         let up_state = up.poll_pump(
+            down.done,
             cx,
             client,
             server,
@@ -194,6 +202,7 @@ where
             return Poll::Ready(RelayEnd::Error(side, e));
         }
         let down_state = down.poll_pump(
+            up.done,
             cx,
             server,
             client,

@@ -13,7 +13,11 @@ use std::time::Instant;
 use crate::balancer::{Balancer, Server, ServerId};
 use crate::cli::Options;
 use crate::control;
-use crate::net::Listener;
+use std::sync::mpsc;
+
+use tokio::sync::watch;
+
+use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
 
 /// How long open connections may take to finish after TERM or INT.
@@ -43,8 +47,23 @@ pub fn default_conn_max(fd_limit: u64) -> NonZeroUsize {
     NonZeroUsize::new(usize::try_from(n).unwrap_or(usize::MAX)).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// Where the data-plane threads are in their life; the main thread moves them along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serve,
+    /// Stop accepting; let open connections finish.
+    Drain,
+    /// Grace period over: drop whatever is still open.
+    Exit,
+}
+
 /// Run pen until TERM or INT. Returns once the listener is closed and open connections have
 /// finished (or the grace period ran out).
+///
+/// Threads: one data-plane thread per core, each with its own single-threaded runtime and its
+/// own descriptor of the listening socket; a connection lives on the thread that accepted it, so
+/// no thread ever wakes another to run it. The main thread handles signals (and is where the
+/// control plane will live), so nothing it does can delay a connection.
 pub fn run(options: Options) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     let conn_max = options
@@ -57,17 +76,71 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             conn_max.get() * 2
         );
     }
+    let shared = Shared::new(build_balancer(&options)?);
+    let bound = BoundListener::bind(&options.listen, options.backlog)?;
+    let slots = Arc::new(Semaphore::new(conn_max.get()));
     let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
+    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let listener = bound
+            .try_clone()
+            .context("can't share the listening socket")?;
+        let limits = Limits {
+            slots: slots.clone(),
+            conn_max: conn_max.get(),
+            multi_accept: options.multi_accept.get(),
+        };
+        let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("pen-data-{i}"))
+            .spawn(move || data_plane(listener, shared, limits, phase, ready))
+            .context("can't start a data-plane thread")?;
+        workers.push(worker);
+    }
+    drop(ready_tx);
+    for _ in 0..threads {
+        ready_rx
+            .recv()
+            .context("a data-plane thread died while starting")?
+            .context("can't register the listener")?;
+    }
+    info!(
+        "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
+        env!("CARGO_PKG_VERSION"),
+        bound.local_addr().map_or_else(|| options.listen.to_string(), |a| a.to_string()),
+        options.servers.len(),
+    );
+    drop(bound);
+    let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("can't start the runtime")?;
-    runtime.block_on(serve(options, conn_max))
+    let result = control.block_on(async {
+        wait_for_stop_signal().await?;
+        info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
+        let _ = phase_tx.send(Phase::Drain);
+        let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
+        if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("grace period over; closing the connections still open");
+        }
+        anyhow::Ok(())
+    });
+    let _ = phase_tx.send(Phase::Exit);
+    for worker in workers {
+        if worker.join().is_err() {
+            warn!("a data-plane thread panicked");
+        }
+    }
+    result
 }
 
-async fn serve(options: Options, conn_max: NonZeroUsize) -> anyhow::Result<()> {
-    let listener = Listener::bind(&options.listen, options.backlog)?;
+/// The balancer as the command line describes it: settings, `-o` commands, then the servers.
+fn build_balancer(options: &Options) -> anyhow::Result<Balancer> {
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
     let port = options.listen.default_port();
     for cmd in &options.commands {
@@ -79,34 +152,43 @@ async fn serve(options: Options, conn_max: NonZeroUsize) -> anyhow::Result<()> {
         balancer.replace_server(ServerId(i), Server::from_spec(spec));
     }
     balancer.set_emergency(options.emergency.as_ref());
-    let shared = Shared::new(balancer);
-    let slots = Arc::new(Semaphore::new(conn_max.get()));
-    let limits = Limits {
-        slots: slots.clone(),
-        conn_max: conn_max.get(),
-        multi_accept: options.multi_accept.get(),
-    };
-    info!(
-        "pen {} starting: listening on {}, {} servers, up to {conn_max} connections",
-        env!("CARGO_PKG_VERSION"),
-        listener
-            .local_addr()
-            .map_or_else(|| options.listen.to_string(), |a| a.to_string()),
-        options.servers.len(),
-    );
-    let accepting = tokio::spawn(proxy::accept_loop(listener, shared, limits));
-    wait_for_stop_signal().await?;
-    info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
-    accepting.abort();
-    let _ = accepting.await; // drops the listener
-    let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
-    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
-        .await
-        .is_err()
+    Ok(balancer)
+}
+
+/// One data-plane thread: accept and serve until told to drain, then keep serving the open
+/// connections until told to exit (dropping the runtime closes whatever is left).
+fn data_plane(
+    listener: BoundListener,
+    shared: Arc<Shared>,
+    limits: Limits,
+    mut phase: watch::Receiver<Phase>,
+    ready: mpsc::Sender<std::io::Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
     {
-        warn!("grace period over; closing the connections still open");
-    }
-    Ok(())
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match listener.register() {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        tokio::select! {
+            () = proxy::accept_loop(listener, shared, limits) => {}
+            _ = phase.wait_for(|p| *p >= Phase::Drain) => {}
+        }
+        let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
+    });
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {
