@@ -211,7 +211,7 @@ fn resolve_host(spec: &str, host: &str) -> Result<IpAddr, AddrError> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .map(|sa| sa.ip())
-        .ok_or_else(|| AddrError::Unresolvable(host.to_string()))
+        .ok_or_else(|| AddrError::Unresolvable(spec.to_string()))
 }
 
 fn looks_like_unbracketed_ipv6(s: &str) -> bool {

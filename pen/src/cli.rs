@@ -64,7 +64,7 @@ pub const FLAGS: &[Flag] = &[
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
     flag('X', None, "enable 'exit' command for control port", NotYet("the control port")),
-    flag('a', None, "debugging dumps in ascii format", Yes),
+    flag('a', None, "debugging dumps in ascii format (no effect yet: traffic dumps come with the request log)", NoEffect("traffic dumps come with the request log")),
     flag('b', Some("sec"), "blacklist time in seconds [30]", Yes),
     flag('c', Some("N"), "max number of clients [2048]", Yes),
     flag('d', None, "debugging on (repeat -d for more)", Yes),
@@ -290,8 +290,8 @@ impl Raw {
         let s = &mut self.settings;
         match letter {
             'P' => {}
-            'W' => s.weight = true,
             'a' => self.ascii = true,
+            'W' => s.weight = true,
             'b' => s.blacklist_time = seconds(letter, v)?,
             'c' => self.clients_max = Some(positive(letter, v)?),
             'd' => self.debug = self.debug.saturating_add(1),

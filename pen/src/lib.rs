@@ -1,10 +1,10 @@
 //! pen: a load balancer for TCP services, compatible with pen 0.34.1 (same command line, same
-//! behaviour where pen was right) and built on a multi-threaded tokio runtime.
+//! behaviour where pen was right), using every core: one single-threaded tokio runtime per core.
 //!
 //! The crate is both the `pen` daemon and the library the other pen tools share. Its parts:
-//! `addr` (address and server-spec syntax), `cli` (the command line), `balancer` (the pure
-//! selection state machine: no I/O, no clock), and the tokio shell around it (`net`, `relay`,
-//! `proxy`, `daemon`).
+//! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
+//! language: typed commands and their replies), `balancer` (the pure selection state machine:
+//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution

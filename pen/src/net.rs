@@ -65,8 +65,12 @@ impl AsyncWrite for Stream {
 /// What went wrong opening a listener.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("can't bind {addr}: {source}")]
-    Io { addr: String, source: io::Error },
+    #[error("can't bind {addr}")]
+    Io {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     #[error("{0}: another process is listening on this socket")]

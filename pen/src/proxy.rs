@@ -1,6 +1,7 @@
 //! The data plane: the accept loop and the life of one client connection, driving the balancer.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,11 +47,49 @@ const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 /// At most one "out of descriptors" message per this interval.
 const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// At most one message per `EXHAUSTION_LOG_INTERVAL`, across every thread.
+pub struct RateLimit {
+    origin: OnceLock<Instant>,
+    /// Milliseconds after `origin` of the last message, plus one (0 = never).
+    last: AtomicU64,
+}
+
+impl RateLimit {
+    pub const fn new() -> Self {
+        RateLimit {
+            origin: OnceLock::new(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// True if a message may be logged now (and records it).
+    pub fn allow(&self, now: Instant) -> bool {
+        let origin = *self.origin.get_or_init(|| now);
+        let now_ms = now.saturating_duration_since(origin).as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due =
+            last == 0 || now_ms.saturating_sub(last) >= EXHAUSTION_LOG_INTERVAL.as_millis() as u64;
+        due && self
+            .last
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Running out of descriptors shows in accept and in upstream connects, on every thread.
+static ACCEPT_FAILURE_LOG: RateLimit = RateLimit::new();
+static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
+
 /// Accept clients until the future is dropped. One connection's error never stops the loop;
 /// running out of descriptors pauses it instead of spinning; a full connection table (`-x`)
 /// leaves new clients waiting in the kernel's backlog.
 pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits) {
-    let mut last_exhaustion_log: Option<Instant> = None;
     let mut accepted_in_a_row = 0;
     loop {
         let Ok(permit) = limits.slots.clone().acquire_owned().await else {
@@ -69,12 +108,8 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits
             }
             Err(e) if net::is_resource_exhaustion(&e) => {
                 drop(permit);
-                let now = Instant::now();
-                if last_exhaustion_log
-                    .is_none_or(|t| now.duration_since(t) >= EXHAUSTION_LOG_INTERVAL)
-                {
+                if ACCEPT_FAILURE_LOG.allow(Instant::now()) {
                     warn!("accept: {e}; pausing new connections until descriptors free up");
-                    last_exhaustion_log = Some(now);
                 }
                 tokio::time::sleep(EXHAUSTION_PAUSE).await;
             }
@@ -147,7 +182,11 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                 return;
             }
             Ok(Err(e)) if net::is_local_failure(&e) => {
-                warn!("can't connect to {backend}: {e} (our resources, not the server's fault)");
+                if LOCAL_FAILURE_LOG.allow(Instant::now()) {
+                    warn!(
+                        "can't connect to {backend}: {e} (our resources, not the server's fault)"
+                    );
+                }
                 return;
             }
             Ok(Err(e)) => e.to_string(),
@@ -162,5 +201,20 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
             // The balancer already forgot the connection.
             guard.conn = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_one_message_per_interval() {
+        let limit = RateLimit::new();
+        let t0 = Instant::now();
+        assert!(limit.allow(t0));
+        assert!(!limit.allow(t0 + Duration::from_secs(1)));
+        assert!(limit.allow(t0 + EXHAUSTION_LOG_INTERVAL));
+        assert!(!limit.allow(t0 + EXHAUSTION_LOG_INTERVAL + Duration::from_millis(10)));
     }
 }

@@ -170,6 +170,8 @@ fn zero_write() -> io::Error {
 }
 
 /// Relay until both directions end, one fails, fast-close applies, or the idle timeout fires.
+/// The caller must close both streams when it returns: the last direction to end is not shut
+/// down separately, because that close sends its FIN.
 pub async fn relay<C, S>(
     client: &mut C,
     server: &mut S,
@@ -263,7 +265,12 @@ mod tests {
         let counters = ConnCounters::default();
         let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let reply: Vec<u8> = payload.iter().rev().copied().collect();
-        let relay = relay(&mut pen_client, &mut pen_server, &counters, options());
+        // The caller closes both streams when the relay ends (that close carries the last FIN).
+        let relay = async {
+            let end = relay(&mut pen_client, &mut pen_server, &counters, options()).await;
+            drop((pen_client, pen_server));
+            end
+        };
         let client_side = async {
             client.write_all(&payload).await.unwrap();
             client.shutdown().await.unwrap();

@@ -15,6 +15,7 @@ use crate::cli::Options;
 use crate::control;
 use std::sync::mpsc;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::net::BoundListener;
@@ -77,6 +78,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let shared = Shared::new(build_balancer(&options)?);
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("can't start the runtime")?;
+    // Signal handlers go in before anything is bound: a TERM that arrives as soon as the port
+    // answers must stop pen cleanly, not kill it with the default action.
+    let mut signals = control.block_on(async { Signals::install() })?;
     let bound = BoundListener::bind(&options.listen, options.backlog)?;
     let slots = Arc::new(Semaphore::new(conn_max.get()));
     let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
@@ -113,12 +121,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         options.servers.len(),
     );
     drop(bound);
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("can't start the runtime")?;
-    let result = control.block_on(async {
-        wait_for_stop_signal().await?;
+    control.block_on(async {
+        signals.wait_for_stop().await;
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
         let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
@@ -128,7 +132,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         {
             warn!("grace period over; closing the connections still open");
         }
-        anyhow::Ok(())
     });
     let _ = phase_tx.send(Phase::Exit);
     for worker in workers {
@@ -136,7 +139,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             warn!("a data-plane thread panicked");
         }
     }
-    result
+    Ok(())
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
@@ -191,13 +194,39 @@ fn data_plane(
     });
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("can't handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("can't handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals pen handles, installed once at startup.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime that will wait for them.
+    fn install() -> anyhow::Result<Signals> {
+        let handle = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("can't handle {name}"))
+        };
+        Ok(Signals {
+            term: handle(SignalKind::terminate(), "SIGTERM")?,
+            int: handle(SignalKind::interrupt(), "SIGINT")?,
+            hup: handle(SignalKind::hangup(), "SIGHUP")?,
+            usr1: handle(SignalKind::user_defined1(), "SIGUSR1")?,
+        })
     }
-    Ok(())
+
+    /// Wait for TERM or INT. HUP and USR1 (reload and statistics in pen) are caught and logged
+    /// so that an operator's habitual `kill -HUP` does not stop the balancer; their actions come
+    /// with the configuration-file and statistics features.
+    async fn wait_for_stop(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => warn!("SIGHUP: no configuration file or log to reopen in this version; ignored"),
+                _ = self.usr1.recv() => warn!("SIGUSR1: statistics output is not in this version; ignored"),
+            }
+        }
+    }
 }

@@ -1,0 +1,480 @@
+//! Server selection through the real binary: round robin, tracking, hash, weights, soft and hard
+//! limits, blacklisting and failover, the emergency server, the connect timeout, the connection
+//! table limit, and the address families. Which backend answers shows what pen chose.
+
+mod support;
+
+use std::fs;
+use std::net::{Ipv4Addr, Shutdown};
+use std::os::unix::net::UnixListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn specs(backends: &[&Backend]) -> Vec<String> {
+    backends.iter().map(|b| b.spec()).collect()
+}
+
+#[test]
+fn round_robin_starts_at_server_1_and_wraps() {
+    let (a, b, c) = (
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    );
+    let pen = Pen::start(&["-r"], &specs(&[&a, &b, &c]));
+    // -r: the same client is not tracked, so it rotates too.
+    let got: Vec<String> = (0..5).map(|_| pen.ask_from(2)).collect();
+    assert_eq!(got, ["B", "C", "A", "B", "C"]);
+    pen.finish();
+}
+
+#[test]
+fn tracking_sends_a_client_back_and_rotates_new_clients() {
+    let (a, b, c) = (
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    );
+    let pen = Pen::start(&[], &specs(&[&a, &b, &c]));
+    let got: Vec<(u8, String)> = [2, 2, 2, 3, 4, 5, 2, 3, 4]
+        .into_iter()
+        .map(|n| (n, pen.ask_from(n)))
+        .collect();
+    let want: Vec<(u8, String)> = [
+        (2, "B"),
+        (2, "B"),
+        (2, "B"),
+        (3, "C"),
+        (4, "A"),
+        (5, "B"),
+        (2, "B"),
+        (3, "C"),
+        (4, "A"),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n, s.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    pen.finish();
+}
+
+#[test]
+fn tracking_ignores_the_source_port() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let pen = Pen::start(&[], &specs(&[&a, &b]));
+    // Held connections have distinct source ports; the client is still the same.
+    let (first, c1) = pen.hold_from(6);
+    let (second, c2) = pen.hold_from(6);
+    let (third, c3) = pen.hold_from(6);
+    assert_eq!(
+        (first.as_str(), second.as_str(), third.as_str()),
+        ("B", "B", "B")
+    );
+    drop((c1, c2, c3));
+    pen.finish();
+}
+
+#[test]
+fn tracking_expires_after_dash_t() {
+    let (a, b, c) = (
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    );
+    let pen = Pen::start(&["-T", "1"], &specs(&[&a, &b, &c]));
+    assert_eq!(pen.ask_from(2), "B");
+    assert_eq!(pen.ask_from(2), "B", "within -T the client goes back");
+    assert_eq!(pen.ask_from(3), "C");
+    // Let the 1 s tracking time pass (time itself is what is tested here).
+    thread::sleep(Duration::from_millis(2200));
+    assert_eq!(
+        pen.ask_from(2),
+        "A",
+        "after -T the client is placed afresh (round robin: 2 -> 0)"
+    );
+    pen.finish();
+}
+
+/// pen's hash (reference §3.5): the address bytes read as a little-endian u32, XOR the source
+/// port's network-order bytes read little-endian under -r, modulo the number of servers.
+fn pen_hash(ip: Ipv4Addr, port: Option<u16>, n: u32) -> usize {
+    let a = u32::from_le_bytes(ip.octets());
+    let p = port.map_or(0, |p| u32::from(u16::from_le_bytes(p.to_be_bytes())));
+    ((a ^ p) % n) as usize
+}
+
+#[test]
+fn hash_places_clients_by_address() {
+    let backends = [
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    ];
+    let names = ["A", "B", "C"];
+    let pen = Pen::start(&["-h"], &specs(&backends.iter().collect::<Vec<_>>()));
+    let mut got = Vec::new();
+    for n in 1..=9u8 {
+        let ip = Ipv4Addr::new(127, 0, 4, n);
+        let name = pen.ask_from_addr(ip, 0);
+        assert_eq!(name, names[pen_hash(ip, None, 3)], "client {ip}");
+        got.push(name);
+    }
+    // C pen's transcript 22 H1: .1 A, .2 B, .3 C, ...
+    assert_eq!(got, ["A", "B", "C", "A", "B", "C", "A", "B", "C"]);
+    pen.finish();
+}
+
+#[test]
+fn hash_with_r_includes_the_source_port() {
+    let backends = [
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    ];
+    let names = ["A", "B", "C"];
+    let pen = Pen::start(&["-h", "-r"], &specs(&backends.iter().collect::<Vec<_>>()));
+    let ip = Ipv4Addr::new(127, 0, 4, 1);
+    // C pen's transcript 22 H2 values first, then ports below the ephemeral range chosen so that
+    // every server is predicted twice.
+    let transcript = [47675u16, 38755, 49923, 39519, 54769, 32917];
+    let mut per_server = [0usize; 3];
+    let mut checked = 0;
+    let start = 20_000 + (std::process::id() % 4000) as u16 * 3;
+    let candidates = transcript.into_iter().chain(start..start + 400);
+    for port in candidates {
+        let want = pen_hash(ip, Some(port), 3);
+        if per_server[want] >= 2 && checked >= transcript.len() {
+            continue;
+        }
+        // A port some other socket holds cannot be our source port: skip it.
+        let Ok(mut s) = connect_from(ip, port, pen.tcp()) else {
+            continue;
+        };
+        let name = ask(&mut s).expect("answer");
+        let _ = s.shutdown(Shutdown::Write);
+        assert_eq!(name, names[want], "client {ip}:{port}");
+        per_server[want] += 1;
+        checked += 1;
+        if per_server.iter().all(|&k| k >= 2) && checked >= 6 {
+            break;
+        }
+    }
+    assert!(
+        per_server.iter().all(|&k| k >= 2),
+        "too few usable source ports: {per_server:?}"
+    );
+    pen.finish();
+}
+
+#[test]
+fn weights_1_and_3_give_a_b_b_b_a_b_b_b() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let pen = Pen::start(
+        &["-W", "-r"],
+        &[a.spec_with(":0:0:1"), b.spec_with(":0:0:3")],
+    );
+    let mut held = Vec::new();
+    let mut got = Vec::new();
+    for n in 1..=8u8 {
+        let (name, s) = pen.hold_from_addr(Ipv4Addr::new(127, 0, 1, n));
+        got.push(name);
+        held.push(s);
+    }
+    assert_eq!(got, ["A", "B", "B", "B", "A", "B", "B", "B"]);
+    drop(held);
+    pen.finish();
+}
+
+#[test]
+fn weight_without_weights_is_least_connections() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let pen = Pen::start(&["-W", "-r"], &specs(&[&a, &b]));
+    let mut held = Vec::new();
+    let mut got = Vec::new();
+    for n in 1..=4u8 {
+        let (name, s) = pen.hold_from(n);
+        got.push(name);
+        held.push(s);
+    }
+    assert_eq!(got, ["A", "B", "A", "B"]);
+    drop(held);
+    pen.finish();
+}
+
+#[test]
+fn prio_picks_the_lowest_value_then_the_next_when_it_fails() {
+    let (a, b, c) = (
+        Backend::named("A"),
+        Backend::named("B"),
+        Backend::named("C"),
+    );
+    let pen = Pen::start(
+        &["-o", "prio", "-r"],
+        &[
+            a.spec_with(":0:0:0:2"),
+            b.spec_with(":0:0:0:1"),
+            c.spec_with(":0:0:0:3"),
+        ],
+    );
+    let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
+    assert_eq!(got, ["B", "B", "B"], "transcript 22 P1");
+    pen.finish();
+
+    // The best server refuses: failover scans by index (to A), then A is the best available.
+    let dead = Dead::new();
+    let pen = Pen::start(
+        &["-o", "prio", "-r"],
+        &[
+            format!("{}:0:0:0:1", dead.spec()),
+            a.spec_with(":0:0:0:2"),
+            c.spec_with(":0:0:0:3"),
+        ],
+    );
+    let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
+    assert_eq!(got, ["A", "A", "A"]);
+    pen.finish();
+}
+
+#[test]
+fn soft_and_hard_limits_as_in_transcript_22_m1() {
+    // B at index 0 unlimited; A at index 1 with maxc 1, hard 2. All connections held.
+    let (b, a) = (Backend::named("B"), Backend::named("A"));
+    let pen = Pen::start(&[], &[b.spec(), a.spec_with(":1:2")]);
+    let mut held = Vec::new();
+    let mut got = Vec::new();
+    for n in [1u8, 1, 1, 2, 3] {
+        let (name, s) = pen.hold_from_addr(Ipv4Addr::new(127, 0, 5, n));
+        got.push(format!("127.0.5.{n}->{name}"));
+        held.push(s);
+    }
+    assert_eq!(
+        got,
+        [
+            "127.0.5.1->A", // round robin's first pick
+            "127.0.5.1->A", // returning client: room up to hard = 2
+            "127.0.5.1->B", // A at hard: fail over
+            "127.0.5.2->B", // round robin: index 0
+            "127.0.5.3->B", // round robin: A, full for new clients: fail over
+        ]
+    );
+    drop(held);
+    pen.finish();
+}
+
+#[test]
+fn refused_server_is_blacklisted_then_used_again_after_dash_b() {
+    let a = Backend::named("A");
+    let dead = Dead::new();
+    let b = Backend::named("B");
+    let pen = Pen::start(&["-r", "-b", "2"], &[a.spec(), dead.spec(), b.spec()]);
+    // Round robin picks the dead server 1 first: refused, blacklisted, failover to 2.
+    assert_eq!(pen.ask_from(2), "B");
+    let failed_at = Instant::now();
+    // The server comes back at once, but stays blacklisted for 2 s.
+    let d = dead.revive("D");
+    // Failover did not move the cursor (still 1): 2, 0, then 1 is skipped.
+    let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
+    let quick = failed_at.elapsed() < Duration::from_millis(1500);
+    if quick {
+        assert_eq!(got, ["B", "A", "B"], "blacklisted server skipped");
+        assert_eq!(
+            d.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "blacklisted server contacted"
+        );
+    } else {
+        eprintln!("machine too slow to check the blacklist window: {got:?}");
+    }
+    // After the blacklist time, round robin reaches it again (cursor at 2: 0, then 1).
+    thread::sleep(Duration::from_millis(2500).saturating_sub(failed_at.elapsed()));
+    let got: Vec<String> = (0..2).map(|_| pen.ask_from(2)).collect();
+    if quick {
+        assert_eq!(got, ["A", "D"]);
+    } else {
+        assert!(got.contains(&"D".to_string()), "{got:?}");
+    }
+    pen.finish();
+}
+
+#[test]
+fn failover_tries_each_server_once_then_closes_the_client() {
+    let (d1, d2) = (Dead::new(), Dead::new());
+    let pen = Pen::start(&["-r", "-b", "0"], &[d1.spec(), d2.spec()]);
+    // Blacklisting off: every connection tries both servers, then is closed.
+    for _ in 0..3 {
+        let mut s = pen.connect_from(2);
+        s.write_all_ignoring(b"?");
+        assert!(
+            matches!(drain(&mut s), Ok(0) | Err(_)),
+            "the client got data with every server down"
+        );
+    }
+    pen.finish();
+}
+
+#[test]
+fn emergency_server_serves_when_all_servers_refuse() {
+    let (d1, d2) = (Dead::new(), Dead::new());
+    let e = Backend::named("E");
+    let a = Backend::named("A");
+    let es = e.spec();
+    let pen = Pen::start(&["-e", &es], &[d1.spec(), d2.spec()]);
+    assert_eq!(pen.ask_from(2), "E");
+    assert_eq!(
+        pen.ask_from(3),
+        "E",
+        "both servers blacklisted: straight to -e"
+    );
+    pen.finish();
+    // With a working server, -e is not used.
+    let pen = Pen::start(&["-e", &es], &[a.spec()]);
+    assert_eq!(pen.ask_from(2), "A");
+    pen.finish();
+}
+
+#[test]
+fn stubborn_never_fails_over_nor_uses_the_emergency_server() {
+    let dead = Dead::new();
+    let (a, e) = (Backend::named("A"), Backend::named("E"));
+    let es = e.spec();
+    // Round robin's first pick is server 1, the dead one.
+    let pen = Pen::start(&["-s", "-r", "-e", &es], &[a.spec(), dead.spec()]);
+    let mut s = pen.connect_from(2);
+    s.write_all_ignoring(b"?");
+    assert!(
+        matches!(drain(&mut s), Ok(0) | Err(_)),
+        "stubborn client was served"
+    );
+    assert_eq!(e.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(s);
+    pen.finish();
+}
+
+#[test]
+fn connect_timeout_fails_over_from_a_blackhole() {
+    let a = Backend::named("A");
+    let hole = Blackhole::new();
+    let b = Backend::named("B");
+    let pen = Pen::start(&["-r", "-t", "1"], &[a.spec(), hole.spec(), b.spec()]);
+    let started = Instant::now();
+    assert_eq!(pen.ask_from(2), "B", "server 1 hangs: failover to 2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "answered after {:?}: the blackhole was not tried first",
+        started.elapsed()
+    );
+    // Cursor still 1: 2, 0, then 1 is blacklisted (-b 30) and skipped.
+    let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
+    assert_eq!(got, ["B", "A", "B"]);
+    pen.finish();
+}
+
+#[test]
+fn connection_limit_x_queues_clients_without_spinning() {
+    let a = Backend::named("A");
+    let pen = Pen::start(&["-x", "2"], &[a.spec()]);
+    let (_, first) = pen.hold_from(2);
+    let (_, second) = pen.hold_from(3);
+    // The third is accepted by the kernel but not by pen.
+    let mut third = Stream::Tcp(pen.connect_from(4));
+    third.write_all_ignoring(b"?");
+    assert!(
+        stays_silent(&mut third, Duration::from_millis(500)),
+        "a third connection was served with -x 2"
+    );
+    let cpu = cpu_during(pen.pid(), || thread::sleep(Duration::from_secs(1)));
+    assert!(
+        cpu < 0.2,
+        "pen used {cpu:.2} s of CPU in 1 s with its table full"
+    );
+    drop(first);
+    assert_eq!(
+        read_line(&mut third).expect("served after a slot freed"),
+        "A"
+    );
+    drop((second, third));
+    pen.finish();
+}
+
+#[test]
+fn ipv6_listener_and_ipv6_server() {
+    if !ipv6_available() {
+        eprintln!("skipped: no IPv6 loopback ([::1]) in this environment");
+        return;
+    }
+    let v6 = Backend::named_v6("V6");
+    let v4 = Backend::named("V4");
+    let pen = Pen::start_on(Listen::V6, &["-r"], &[v6.spec(), v4.spec()]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut s = pen.connect();
+        got.push(ask(&mut s).expect("answer"));
+    }
+    assert_eq!(got, ["V4", "V6"]);
+    pen.finish();
+}
+
+#[test]
+fn unix_listener_and_unix_server() {
+    let dir = TempDir::new("unix");
+    let u = Backend::named_unix(&dir.join("backend.sock"), "U");
+    let a = Backend::named("A");
+    let pen = Pen::start_on(
+        Listen::Unix(dir.join("pen.sock")),
+        &["-r"],
+        &[u.spec(), a.spec()],
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let mut s = pen.connect();
+        got.push(ask(&mut s).expect("answer"));
+    }
+    assert_eq!(got, ["A", "U", "A"]);
+    pen.finish();
+}
+
+#[test]
+fn unix_listener_replaces_a_stale_socket() {
+    let dir = TempDir::new("stale");
+    let path = dir.join("pen.sock");
+    drop(UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists(), "the stale socket file stays after close");
+    let a = Backend::named("A");
+    let pen = Pen::start_on(Listen::Unix(path), &[], &[a.spec()]);
+    let mut s = pen.connect();
+    assert_eq!(ask(&mut s).expect("answer"), "A");
+    drop(s);
+    pen.finish();
+}
+
+#[test]
+fn unix_listener_path_that_is_a_regular_file_is_kept() {
+    let dir = TempDir::new("file");
+    let path = dir.join("precious");
+    fs::write(&path, "do not delete").unwrap();
+    let a = Backend::named("A");
+    let out = run_pen(
+        &["-f", path.to_str().unwrap(), &a.spec()],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with("pen: ") && out.stderr.contains(path.to_str().unwrap()),
+        "{out:?}"
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "do not delete");
+}
+
+/// Writes that may fail because pen already closed the connection.
+trait WriteIgnoring {
+    fn write_all_ignoring(&mut self, data: &[u8]);
+}
+
+impl<W: std::io::Write> WriteIgnoring for W {
+    fn write_all_ignoring(&mut self, data: &[u8]) {
+        let _ = self.write_all(data);
+    }
+}

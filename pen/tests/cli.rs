@@ -1,0 +1,226 @@
+//! The command line of the real binary: exit codes, where messages go, what they name, and that
+//! bad input is refused before anything is bound.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use pen::cli::{Flag, Support, FLAGS};
+use support::*;
+
+/// Bad input never needs DNS to time out; a generous bound anyway.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn run(args: &[&str]) -> Output {
+    run_pen(args, RUN_TIMEOUT)
+}
+
+#[test]
+fn no_arguments_prints_usage_on_stdout_and_exits_0() {
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("usage:"), "{out:?}");
+    assert!(
+        out.stdout.contains("-r "),
+        "the usage lists the options: {out:?}"
+    );
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn help_version_and_dash_n_exit_0() {
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0), "{help:?}");
+    assert!(help.stdout.contains("usage:") && help.stdout.contains("--version"));
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0), "{version:?}");
+    assert!(version.stdout.starts_with("pen "), "{version:?}");
+    let n = run(&["-N", "1", "2"]);
+    assert_eq!(n.status.code(), Some(0), "{n:?}");
+    assert!(n.stdout.starts_with("usage:"), "{n:?}");
+}
+
+#[test]
+fn dash_i_prints_windows_only_and_exits_0() {
+    let out = run(&["-i", "x"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // C pen prints it on stderr.
+    assert_eq!(
+        format!("{}{}", out.stdout, out.stderr).trim(),
+        "Windows only"
+    );
+}
+
+#[test]
+fn unknown_option_exits_1_naming_it() {
+    let out = run(&["-z", "1", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with("pen: ") && out.stderr.contains("'z'"),
+        "{out:?}"
+    );
+    assert_eq!(out.stdout, "");
+}
+
+/// Each case gets a listen port we hold ourselves: if pen bound before validating, it would
+/// report the port as busy instead of naming the bad argument.
+#[test]
+fn bad_input_exits_1_naming_the_argument_before_binding() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = held.local_addr().unwrap().to_string();
+    let s = "127.0.0.1:9";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["-b", "abc", &l, s], "-b abc"),
+        (vec!["-t", "0", &l, s], "-t 0"),
+        (vec!["-x", "0", &l, s], "-x 0"),
+        (vec!["-c", "abc", &l, s], "-c abc"),
+        (vec!["-T", "-1", &l, s], "-T -1"),
+        (vec![&l, s, "-b"], "-b"),
+        (vec!["99999", "127.0.0.1"], "99999"),
+        (vec![&l, "127.0.0.1:80:x"], "127.0.0.1:80:x"),
+        (vec![&l, "127.0.0.1:80:1:x"], "127.0.0.1:80:1:x"),
+        (vec![&l, "nonexistent.invalid"], "nonexistent.invalid"),
+        (vec![&l, "nonexistent.invalid:80"], "nonexistent.invalid"),
+        (vec!["-e", "bad:host:x", &l, s], "bad:host:x"),
+        (vec![&l, "::1:9004"], "::1:9004"),
+        (vec![&l, "127.0.0.1:"], "127.0.0.1:"),
+        (vec![&l, ":80"], ":80"),
+        (vec![&l, "127.0.0.1:99999"], "127.0.0.1:99999"),
+        (vec![&l, "127.0.0.1:0"], "127.0.0.1:0"),
+        (vec![&l, "[::1"], "[::1"),
+        (vec![&l, "[::1]:"], "[::1]:"),
+        (vec![&l, "127.0.0.1:80:1:2:3:4:5"], "127.0.0.1:80:1:2:3:4:5"),
+        (vec![&l, ""], "''"),
+        (vec!["-o", "idle_timeout x", &l, s], "idle_timeout x"),
+        (vec!["-f"], "no listen address"),
+    ];
+    for (args, named) in cases {
+        let mut argv = vec!["-f"];
+        argv.extend(args.iter().copied());
+        let out = run(&argv);
+        assert_eq!(out.status.code(), Some(1), "pen {argv:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with("pen: ") && out.stderr.contains(named),
+            "pen {argv:?}: stderr does not name {named:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("can't bind"),
+            "pen {argv:?} tried to bind before validating: {:?}",
+            out.stderr
+        );
+        assert_eq!(out.stdout, "", "pen {argv:?}");
+    }
+    // And the port is still ours (pen left nothing behind).
+    drop(held);
+    TcpListener::bind(&l).expect("listen port free after the failed starts");
+}
+
+/// Every option whose feature is not in this build (pen's own table says which) is refused.
+#[test]
+fn options_of_later_features_exit_1_naming_the_option() {
+    let later: Vec<&Flag> = FLAGS
+        .iter()
+        .filter(|f| matches!(f.support, Support::NotYet(_)))
+        .collect();
+    for f in later {
+        let flag = format!("-{}", f.letter);
+        let mut argv = vec!["-f", flag.as_str()];
+        if f.arg.is_some() {
+            argv.push("x");
+        }
+        argv.extend(["127.0.0.1:9", "127.0.0.1:10"]);
+        let out = run(&argv);
+        assert_eq!(out.status.code(), Some(1), "pen {argv:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with(&format!("pen: -{}: ", f.letter))
+                && out
+                    .stderr
+                    .contains("is not available in this version of pen"),
+            "pen {argv:?}: {:?}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn obsolete_option_prints_a_notice_and_pen_still_runs() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let pen = Pen::start(&["-D"], &[a.spec(), b.spec()]);
+    assert_eq!(pen.ask_from(2), "B");
+    assert!(
+        pen.stderr_text()
+            .contains("Pen 0.26.0 removed the delayed forward feature"),
+        "{}",
+        pen.stderr_text()
+    );
+    pen.finish();
+}
+
+#[test]
+fn no_effect_option_p_is_accepted() {
+    let a = Backend::named("A");
+    let pen = Pen::start(&["-P"], &[a.spec()]);
+    assert_eq!(pen.ask_from(2), "A");
+    pen.finish();
+}
+
+#[test]
+fn options_after_positionals_apply() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let (sa, sb) = (a.spec(), b.spec());
+    let pen = Pen::spawn(Listen::V4, &[], |l| {
+        vec![l.into(), sa.clone(), sb.clone(), "-f".into(), "-r".into()]
+    });
+    // -r applied: the same client rotates instead of being tracked.
+    let got = [pen.ask_from(2), pen.ask_from(2)];
+    assert_eq!(got, ["B", "A"]);
+    assert!(
+        !pen.stderr_text().contains("daemon mode"),
+        "-f was ignored: {}",
+        pen.stderr_text()
+    );
+    pen.finish();
+}
+
+#[test]
+fn clustered_and_attached_option_values() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let (sa, sb) = (a.spec(), b.spec());
+    let pen = Pen::spawn(Listen::V4, &[], |l| {
+        vec!["-fr".into(), "-b5".into(), l.into(), sa.clone(), sb.clone()]
+    });
+    let got = [pen.ask_from(2), pen.ask_from(2)];
+    assert_eq!(got, ["B", "A"]);
+    pen.finish();
+}
+
+#[test]
+fn a_listen_port_in_use_exits_1() {
+    let first = Pen::start(&[], &["127.0.0.1:9".to_string()]);
+    let l = first.listen_arg.clone();
+    let out = run(&["-f", &l, "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.starts_with("pen: ") && out.stderr.contains(&l),
+        "{out:?}"
+    );
+    first.finish();
+}
+
+/// Regression: pen at commit 1a3e95c printed the OS error twice (`pen: can't bind
+/// 127.0.0.1:P: Address already in use (os error 98): Address already in use (os error 98)`).
+#[test]
+fn bind_failure_message_states_the_os_error_once() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = held.local_addr().unwrap().to_string();
+    let out = run(&["-f", &l, "127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        out.stderr.matches("os error 98").count(),
+        1,
+        "{:?}",
+        out.stderr
+    );
+}
