@@ -21,6 +21,15 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+impl Stream {
+    /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
+    pub fn set_nodelay(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -152,14 +161,10 @@ pub enum Listener {
 }
 
 impl Listener {
-    pub async fn accept(&self, nodelay: bool) -> io::Result<(Stream, Peer)> {
+    pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, sa) = l.accept().await?;
-                if nodelay {
-                    // Best effort: a socket that already died will fail the relay anyway.
-                    let _ = s.set_nodelay(true);
-                }
                 let peer = Peer {
                     ip: Some(canonical(sa.ip())),
                     port: sa.port(),

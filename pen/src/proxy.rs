@@ -38,7 +38,6 @@ impl Shared {
 /// Limits the accept loop: `-x` connection slots, and `-m` accepts per wake-up.
 pub struct Limits {
     pub slots: Arc<Semaphore>,
-    pub conn_max: usize,
     pub multi_accept: usize,
 }
 
@@ -95,8 +94,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits
         let Ok(permit) = limits.slots.clone().acquire_owned().await else {
             return; // the semaphore was closed: shutting down
         };
-        let nodelay = shared.with(|b| b.settings.tcp_nodelay);
-        match listener.accept(nodelay).await {
+        match listener.accept().await {
             Ok((stream, peer)) => {
                 tokio::spawn(serve(shared.clone(), stream, peer, permit));
                 // `-m`: after this many accepts in a row, let the connections run first.
@@ -144,6 +142,9 @@ fn describe(target: Target) -> String {
 async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSemaphorePermit) {
     let (mut admission, settings) =
         shared.with(|b| (b.admit(peer, Instant::now()), b.settings.clone()));
+    if settings.tcp_nodelay {
+        client.set_nodelay();
+    }
     let mut guard = ConnGuard {
         shared: &shared,
         conn: None,

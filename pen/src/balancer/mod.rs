@@ -64,7 +64,9 @@ pub struct Settings {
     /// `idle_timeout`: close connections with no traffic for this long. Zero: never.
     pub idle_timeout: Duration,
     pub fastclose: FastClose,
-    /// `tcp_nodelay`: TCP_NODELAY on client and upstream sockets.
+    /// `tcp_nodelay`: TCP_NODELAY on client and upstream sockets. On by default (pen: off), as
+    /// in HAProxy and nginx: with Nagle's algorithm the tail of a response can wait for a
+    /// delayed ACK, tens of milliseconds per request.
     pub tcp_nodelay: bool,
     /// `keepalive`: SO_KEEPALIVE on upstream sockets.
     pub keepalive: bool,
@@ -83,7 +85,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(3),
             idle_timeout: Duration::ZERO,
             fastclose: FastClose::Off,
-            tcp_nodelay: false,
+            tcp_nodelay: true,
             keepalive: false,
         }
     }
