@@ -87,7 +87,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut signals = control.block_on(async { Signals::install() })?;
     let bound = BoundListener::bind(&options.listen, options.backlog)?;
     let slots = Arc::new(Semaphore::new(conn_max.get()));
-    let threads = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let threads = data_threads();
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
@@ -139,6 +139,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise
+/// (a tuning knob, like HAProxy's `nbthread`; values outside 1..=1024 are ignored).
+fn data_threads() -> usize {
+    std::env::var("PEN_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=1024).contains(n))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
