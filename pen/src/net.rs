@@ -231,15 +231,11 @@ pub async fn connect(backend: &Backend, settings: &Settings) -> io::Result<Strea
 }
 
 /// Whose fault a failed connect is. Only a server's fault blacklists it; running out of our
-/// own descriptors or buffers must not take healthy servers out of rotation.
+/// own descriptors or buffers must not take healthy servers out of rotation. The same errors
+/// on accept mean "back off instead of spinning".
 pub fn is_local_failure(e: &io::Error) -> bool {
     use nix::errno::Errno;
     let local = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
     e.raw_os_error()
         .is_some_and(|code| local.iter().any(|&l| l as i32 == code))
-}
-
-/// Errors on accept that mean "out of descriptors or memory": back off instead of spinning.
-pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    is_local_failure(e)
 }

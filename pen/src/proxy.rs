@@ -104,7 +104,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits
                     tokio::task::yield_now().await;
                 }
             }
-            Err(e) if net::is_resource_exhaustion(&e) => {
+            Err(e) if net::is_local_failure(&e) => {
                 drop(permit);
                 if ACCEPT_FAILURE_LOG.allow(Instant::now()) {
                     warn!("accept: {e}; pausing new connections until descriptors free up");
