@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
 use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
 use crate::control::{self, Command, ControlError};
+use crate::reqlog::{LogTarget, RequestLogError};
 
 /// What an option letter does in this build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub const FLAGS: &[Flag] = &[
     flag('h', None, "use hash for initial server selection", Yes),
     flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
     flag('F', Some("file"), "name of configuration file", NotYet("configuration files")),
-    flag('l', Some("file"), "logging on", NotYet("the request log")),
+    flag('l', Some("file"), "logging on: log requests to a file, or to penlogd at host:port", Yes),
     flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
     flag('q', Some("N"), "listen queue (backlog) length [500]", Yes),
     flag('r', None, "bypass client tracking in server selection", Yes),
@@ -118,6 +119,8 @@ pub struct Options {
     pub foreground: bool,
     pub debug: u8,
     pub ascii: bool,
+    /// `-l`: the request log's destination.
+    pub log: Option<LogTarget>,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -162,6 +165,8 @@ pub enum CliError {
     Server(AddrError),
     #[error("-{flag} {source}")]
     FlagServer { flag: char, source: AddrError },
+    #[error("-l: {0}")]
+    Log(RequestLogError),
     #[error("-{flag} '{text}': {source}")]
     Command {
         flag: char,
@@ -234,6 +239,7 @@ struct Raw {
     foreground: bool,
     debug: u8,
     ascii: bool,
+    log: Option<LogTarget>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -298,6 +304,7 @@ impl Raw {
             'e' => self.emergency = Some(v.to_string()),
             'f' => self.foreground = true,
             'h' => s.hash = true,
+            'l' => self.log = Some(LogTarget::parse(v).map_err(CliError::Log)?),
             'm' => {
                 let n: i64 = number(letter, v, "expected a number")?;
                 if n < 1 {
@@ -377,6 +384,7 @@ impl Raw {
             foreground: self.foreground,
             debug: self.debug,
             ascii: self.ascii,
+            log: self.log,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,

@@ -4,12 +4,15 @@
 //! The crate is both the `pen` daemon and the library the other pen tools share. Its parts:
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
-//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`).
+//! no I/O, no clock), `accesslog` (pen's log formats, shared with penlogd and mergelogs),
+//! `getopt` (the option grammar of the smaller tools), and the tokio shell around it (`net`,
+//! `relay`, `proxy`, `reqlog`, `run`, `logging`).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
 //! of server names after startup.
 
+pub mod accesslog;
 pub mod addr;
 pub mod balancer;
 pub mod cli;
@@ -18,4 +21,5 @@ pub mod logging;
 pub mod net;
 pub mod proxy;
 pub mod relay;
+pub mod reqlog;
 pub mod run;

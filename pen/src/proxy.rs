@@ -7,20 +7,25 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::addr::Backend;
 use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
 use crate::net::{self, Listener, Stream};
 use crate::relay::{self, RelayEnd, RelayOptions};
+use crate::reqlog::RequestLog;
 
 /// The one lock around the balancer. Every access goes through `with`, which takes a closure:
-/// the lock can therefore never be held across an `.await`.
+/// the lock can therefore never be held across an `.await`. Beside it, the request log, which
+/// needs no lock on the data path.
 pub struct Shared {
     balancer: Mutex<Balancer>,
+    pub reqlog: RequestLog,
 }
 
 impl Shared {
     pub fn new(balancer: Balancer) -> Arc<Self> {
         Arc::new(Shared {
             balancer: Mutex::new(balancer),
+            reqlog: RequestLog::new(),
         })
     }
 
@@ -174,7 +179,15 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                     idle_timeout: settings.idle_timeout,
                     fastclose: settings.fastclose,
                 };
-                match relay::relay(&mut client, &mut upstream, &counters, options).await {
+                let server_ip = match &backend {
+                    Backend::Tcp(sa) => Some(sa.ip()),
+                    Backend::Unix(_) => None,
+                };
+                let tap = shared.reqlog.tap(peer.ip, server_ip);
+                let from_client = |data: &[u8]| tap.chunk(data);
+                match relay::relay(&mut client, &mut upstream, &counters, options, from_client)
+                    .await
+                {
                     RelayEnd::Error(side, e) => {
                         debug!("connection {}: {side:?} error: {e}", conn.0)
                     }

@@ -70,14 +70,14 @@ struct Half {
 
 impl Half {
     /// Move bytes from `src` to `dst` until one of them would block. Ready(Ok) once EOF has been
-    /// forwarded. `progress` is set when any byte moved.
+    /// forwarded. `progress` is set when any byte moved; `seen` gets every chunk read.
     fn poll_pump<R, W>(
         &mut self,
         other_done: bool,
         cx: &mut Context<'_>,
         src: &mut R,
         dst: &mut W,
-        mut count: impl FnMut(usize),
+        mut seen: impl FnMut(&[u8]),
         progress: &mut bool,
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
@@ -135,7 +135,7 @@ impl Half {
                     }
                     Poll::Ready(Ok(())) => {
                         let data = buf.filled();
-                        count(data.len());
+                        seen(data);
                         *progress = true;
                         // Write straight from the scratch buffer; keep only what does not fit.
                         let mut sent = 0;
@@ -171,12 +171,14 @@ fn zero_write() -> io::Error {
 
 /// Relay until both directions end, one fails, fast-close applies, or the idle timeout fires.
 /// The caller must close both streams when it returns: the last direction to end is not shut
-/// down separately, because that close sends its FIN.
+/// down separately, because that close sends its FIN. `from_client` sees every chunk read from
+/// the client, as it was read (the request log's tap; it must not block).
 pub async fn relay<C, S>(
     client: &mut C,
     server: &mut S,
     counters: &ConnCounters,
     options: RelayOptions,
+    from_client: impl Fn(&[u8]),
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -196,7 +198,10 @@ where
             cx,
             client,
             server,
-            |n| counters.add_to_server(n),
+            |data| {
+                counters.add_to_server(data.len());
+                from_client(data);
+            },
             &mut progress,
         );
         if let Poll::Ready(Err((from_src, e))) = up_state {
@@ -208,7 +213,7 @@ where
             cx,
             server,
             client,
-            |n| counters.add_to_client(n),
+            |data| counters.add_to_client(data.len()),
             &mut progress,
         );
         if let Poll::Ready(Err((from_src, e))) = down_state {
@@ -267,7 +272,14 @@ mod tests {
         let reply: Vec<u8> = payload.iter().rev().copied().collect();
         // The caller closes both streams when the relay ends (that close carries the last FIN).
         let relay = async {
-            let end = relay(&mut pen_client, &mut pen_server, &counters, options()).await;
+            let end = relay(
+                &mut pen_client,
+                &mut pen_server,
+                &counters,
+                options(),
+                |_| {},
+            )
+            .await;
             drop((pen_client, pen_server));
             end
         };
@@ -310,7 +322,7 @@ mod tests {
             std::future::pending::<()>().await
         };
         let end = tokio::select! {
-            end = relay(&mut pen_client, &mut pen_server, &counters, opts) => end,
+            end = relay(&mut pen_client, &mut pen_server, &counters, opts, |_| {}) => end,
             _ = talker => unreachable!(),
         };
         assert!(matches!(end, RelayEnd::Idle), "{end:?}");
@@ -332,7 +344,7 @@ mod tests {
             idle_timeout: Duration::ZERO,
             fastclose: FastClose::Up,
         };
-        let end = relay(&mut pen_client, &mut pen_server, &counters, opts).await;
+        let end = relay(&mut pen_client, &mut pen_server, &counters, opts, |_| {}).await;
         assert!(matches!(end, RelayEnd::FastClose), "{end:?}");
         assert_eq!(counters.to_client(), 3);
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
+use crate::reqlog::RequestLog;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -78,6 +79,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let shared = Shared::new(build_balancer(&options)?);
+    if let Some(target) = &options.log {
+        shared.reqlog.set(target.clone())?;
+    }
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -121,7 +125,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     );
     drop(bound);
     control.block_on(async {
-        signals.wait_for_stop().await;
+        signals.wait_for_stop(&shared.reqlog).await;
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
         let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
@@ -138,6 +142,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             warn!("a data-plane thread panicked");
         }
     }
+    shared.reqlog.close();
     Ok(())
 }
 
@@ -235,15 +240,19 @@ impl Signals {
         })
     }
 
-    /// Wait for TERM or INT. HUP and USR1 (reload and statistics in pen) are caught and logged
-    /// so that an operator's habitual `kill -HUP` does not stop the balancer; their actions come
-    /// with the configuration-file and statistics features.
-    async fn wait_for_stop(&mut self) {
+    /// Wait for TERM or INT. HUP reopens the request log file (rotation). USR1 (statistics in
+    /// pen) is caught and logged so that it does not stop the balancer; its action comes with
+    /// the statistics feature.
+    async fn wait_for_stop(&mut self, reqlog: &RequestLog) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => warn!("SIGHUP: no configuration file or log to reopen in this version; ignored"),
+                _ = self.hup.recv() => {
+                    if let Err(e) = reqlog.reopen() {
+                        warn!("SIGHUP: {e}");
+                    }
+                }
                 _ = self.usr1.recv() => warn!("SIGUSR1: statistics output is not in this version; ignored"),
             }
         }
