@@ -17,6 +17,7 @@ pub mod addr;
 pub mod balancer;
 pub mod cli;
 pub mod control;
+pub mod getopt;
 pub mod logging;
 pub mod net;
 pub mod proxy;

@@ -197,8 +197,8 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Open a log file for appending: created with mode 0640 (never world-writable), never through
-/// a symbolic link, and only if it is a regular file.
-fn open_file(path: &std::path::Path) -> Result<File, RequestLogError> {
+/// a symbolic link, and only if it is a regular file. penlogd opens its output the same way.
+pub fn open_log_file(path: &std::path::Path) -> Result<File, RequestLogError> {
     let shown = path.display().to_string();
     let file = OpenOptions::new()
         .append(true)
@@ -222,7 +222,7 @@ fn open_file(path: &std::path::Path) -> Result<File, RequestLogError> {
 
 fn open_sink(target: &LogTarget) -> Result<Sink, RequestLogError> {
     match target {
-        LogTarget::File(path) => open_file(path).map(Sink::File),
+        LogTarget::File(path) => open_log_file(path).map(Sink::File),
         LogTarget::Net { addr, .. } => {
             let local: SocketAddr = match addr {
                 SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),

@@ -1,0 +1,194 @@
+//! penlogd's socket loop: receive datagrams, hand them to the matcher, write the output, and
+//! react to signals (HUP reopens the output file, USR1 logs the counters, TERM and INT stop).
+//!
+//! Datagrams are taken in batches while the socket has them, and the output is written once
+//! per batch: under load that is one write per few hundred lines, and when traffic is light
+//! every line is written as soon as it arrived.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{debug, info, warn};
+
+use crate::datagram::DATAGRAM_MAX;
+use crate::matcher::{Counters, Matcher};
+
+/// Datagrams handled between two output writes at most.
+const BATCH: usize = 512;
+/// The receive buffer asked for: room for bursts while the output is being written.
+const RECV_BUFFER: usize = 8 << 20;
+/// At most one warning about dropped datagrams or failed writes per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where penlogd listens: a port on every address (IPv6 and IPv4), or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    Port(u16),
+    Addr(SocketAddr),
+}
+
+/// Bind the UDP socket. A bare port listens on IPv6 and IPv4 at once (pen 0.34.1's penlogd
+/// was IPv4 only), or on IPv4 alone where the machine has no IPv6.
+pub fn bind(at: Bind) -> io::Result<std::net::UdpSocket> {
+    let socket = match at {
+        Bind::Addr(addr) => {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            s.bind(&addr.into())?;
+            s
+        }
+        Bind::Port(port) => {
+            let dual = || -> io::Result<Socket> {
+                let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+                s.set_only_v6(false)?;
+                s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+                Ok(s)
+            };
+            match dual() {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+                    s
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The merged log: stdout, or a file appended to and reopened on HUP.
+pub struct Output {
+    file: Option<(PathBuf, File)>,
+}
+
+impl Output {
+    pub fn stdout() -> Output {
+        Output { file: None }
+    }
+
+    pub fn file(path: PathBuf) -> Result<Output, pen::reqlog::RequestLogError> {
+        let file = pen::reqlog::open_log_file(&path)?;
+        Ok(Output {
+            file: Some((path, file)),
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match &mut self.file {
+            Some((_, file)) => file.write_all(bytes),
+            None => {
+                let mut stdout = io::stdout().lock();
+                stdout.write_all(bytes)?;
+                stdout.flush()
+            }
+        }
+    }
+
+    /// Open the file again by its name (after `mv out out.1`). Everything written so far went
+    /// to the old file whole.
+    fn reopen(&mut self) -> Result<(), pen::reqlog::RequestLogError> {
+        if let Some((path, file)) = &mut self.file {
+            *file = pen::reqlog::open_log_file(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rate-limits warnings.
+struct Quiet(Option<Instant>);
+
+impl Quiet {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .0
+            .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
+        if due {
+            self.0 = Some(now);
+        }
+        due
+    }
+}
+
+/// Serve until TERM or INT; returns the counters. `line_buffered` (`-b`) writes after every
+/// line instead of after every batch.
+pub async fn serve(
+    socket: std::net::UdpSocket,
+    mut matcher: Matcher,
+    mut output: Output,
+    line_buffered: bool,
+) -> io::Result<Counters> {
+    let socket = UdpSocket::from_std(socket)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    // One byte more than the largest datagram, to see when one was larger.
+    let mut buf = vec![0u8; DATAGRAM_MAX + 1];
+    let mut out = Vec::with_capacity(BATCH * 256);
+    let mut warnings = Quiet(None);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Err(e) = output.reopen() {
+                    warn!("SIGHUP: {e}; still writing to the old file");
+                }
+            }
+            _ = usr1.recv() => info!("{}", matcher.counters.summary()),
+            ready = socket.readable() => {
+                ready?;
+                for _ in 0..BATCH {
+                    let (n, source) = match socket.try_recv_from(&mut buf) {
+                        Ok(got) => got,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            debug!("recvfrom: {e}");
+                            break;
+                        }
+                    };
+                    if let Err(kind) = matcher.handle(source.ip(), &buf[..n], &mut out) {
+                        debug!("dropped a datagram from {source}: {}", kind.describe());
+                        if warnings.allow() {
+                            warn!(
+                                "dropped a datagram from {source}: {} ({} dropped so far)",
+                                kind.describe(),
+                                matcher.counters.dropped()
+                            );
+                        }
+                    }
+                    if line_buffered {
+                        write_out(&mut output, &mut out, &mut warnings);
+                    }
+                }
+                write_out(&mut output, &mut out, &mut warnings);
+            }
+        }
+    }
+    write_out(&mut output, &mut out, &mut warnings);
+    Ok(matcher.counters)
+}
+
+fn write_out(output: &mut Output, out: &mut Vec<u8>, warnings: &mut Quiet) {
+    if let Err(e) = output.write(out) {
+        if warnings.allow() {
+            warn!("can't write the output: {e}; lines lost");
+        }
+    }
+    out.clear();
+}
