@@ -58,17 +58,17 @@ pub enum LogTarget {
 pub enum RequestLogError {
     #[error("'{value}': expected HOST:PORT (write ./{value} for a file whose name has a colon)")]
     BadTarget { value: String },
-    #[error("'{value}': {source}")]
+    #[error("'{value}': {error}")]
     Host {
         value: String,
-        source: addr::AddrError,
+        error: addr::AddrError,
     },
-    #[error("can't open log file {path}: {source}")]
-    Open { path: String, source: io::Error },
+    #[error("can't open log file {path}: {error}")]
+    Open { path: String, error: io::Error },
     #[error("can't open log file {path}: not a regular file")]
     NotAFile { path: String },
-    #[error("can't create a socket for the network log to {addr}: {source}")]
-    Socket { addr: SocketAddr, source: io::Error },
+    #[error("can't create a socket for the network log to {addr}: {error}")]
+    Socket { addr: SocketAddr, error: io::Error },
     #[error("can't start the request log writer: {0}")]
     Thread(io::Error),
     #[error("the request log writer did not answer")]
@@ -102,9 +102,9 @@ impl LogTarget {
         if host.is_empty() {
             return Err(bad());
         }
-        let ip = addr::resolve(host).map_err(|source| RequestLogError::Host {
+        let ip = addr::resolve(host).map_err(|error| RequestLogError::Host {
             value: value.to_string(),
-            source,
+            error,
         })?;
         Ok(LogTarget::Net {
             host: host.to_string(),
@@ -206,17 +206,14 @@ pub fn open_log_file(path: &std::path::Path) -> Result<File, RequestLogError> {
         .mode(0o640)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| RequestLogError::Open {
+        .map_err(|error| RequestLogError::Open {
             path: shown.clone(),
-            source,
+            error,
         })?;
     match file.metadata() {
         Ok(m) if m.is_file() => Ok(file),
         Ok(_) => Err(RequestLogError::NotAFile { path: shown }),
-        Err(source) => Err(RequestLogError::Open {
-            path: shown,
-            source,
-        }),
+        Err(error) => Err(RequestLogError::Open { path: shown, error }),
     }
 }
 
@@ -230,10 +227,7 @@ fn open_sink(target: &LogTarget) -> Result<Sink, RequestLogError> {
             };
             let socket = UdpSocket::bind(local)
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .map_err(|source| RequestLogError::Socket {
-                    addr: *addr,
-                    source,
-                })?;
+                .map_err(|error| RequestLogError::Socket { addr: *addr, error })?;
             Ok(Sink::Net(socket, *addr))
         }
     }

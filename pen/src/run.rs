@@ -80,7 +80,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     let shared = Shared::new(build_balancer(&options)?);
     if let Some(target) = &options.log {
-        shared.reqlog.set(target.clone())?;
+        shared.reqlog.set(target.clone()).context("-l")?;
     }
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
