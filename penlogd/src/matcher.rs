@@ -49,6 +49,27 @@ impl Counters {
     }
 }
 
+/// What a well-formed datagram was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// A pen record, remembered.
+    Record,
+    /// A web line written with the client of a pen record.
+    Matched,
+    /// A web line written as it came.
+    Unchanged,
+}
+
+impl Handled {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Handled::Record => "pen record",
+            Handled::Matched => "web line, with its client",
+            Handled::Unchanged => "web line, no pen record for it",
+        }
+    }
+}
+
 pub struct Matcher {
     ring: Ring,
     /// `-a`: when not empty, only these sources are heard.
@@ -74,16 +95,23 @@ impl Matcher {
         source: IpAddr,
         datagram: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), Malformed> {
+    ) -> Result<Handled, Malformed> {
         self.counters.datagrams += 1;
         let source = source.to_canonical();
-        let result = self.classify_allowed(source, datagram);
-        match result {
-            Ok(Datagram::Record(r)) => {
+        let datagram = match self.classify_allowed(source, datagram) {
+            Ok(d) => d,
+            Err(kind) => {
+                self.counters.malformed[kind.index()] += 1;
+                return Err(kind);
+            }
+        };
+        match datagram {
+            Datagram::Record(r) => {
                 self.counters.records += 1;
                 self.ring.store(r.client, r.server, r.request);
+                Ok(Handled::Record)
             }
-            Ok(Datagram::Web { line, request }) => {
+            Datagram::Web { line, request } => {
                 self.counters.web_lines += 1;
                 let matched = self.ring.find(source, request).is_some_and(|client| {
                     use std::fmt::Write;
@@ -93,14 +121,14 @@ impl Matcher {
                 });
                 if matched {
                     self.counters.matched += 1;
+                    Ok(Handled::Matched)
                 } else {
                     out.extend_from_slice(line);
                     out.push(b'\n');
+                    Ok(Handled::Unchanged)
                 }
             }
-            Err(kind) => self.counters.malformed[kind.index()] += 1,
         }
-        result.map(|_| ())
     }
 
     fn classify_allowed<'a>(

@@ -162,14 +162,21 @@ pub async fn serve(
                             break;
                         }
                     };
-                    if let Err(kind) = matcher.handle(source.ip(), &buf[..n], &mut out) {
-                        debug!("dropped a datagram from {source}: {}", kind.describe());
-                        if warnings.allow() {
-                            warn!(
-                                "dropped a datagram from {source}: {} ({} dropped so far)",
-                                kind.describe(),
-                                matcher.counters.dropped()
-                            );
+                    match matcher.handle(source.ip(), &buf[..n], &mut out) {
+                        Ok(handled) => debug!(
+                            "{} from {source}: {}",
+                            handled.describe(),
+                            String::from_utf8_lossy(&buf[..n]).trim_end()
+                        ),
+                        Err(kind) => {
+                            debug!("dropped a datagram from {source}: {}", kind.describe());
+                            if warnings.allow() {
+                                warn!(
+                                    "dropped a datagram from {source}: {} ({} dropped so far)",
+                                    kind.describe(),
+                                    matcher.counters.dropped()
+                                );
+                            }
                         }
                     }
                     if line_buffered {
