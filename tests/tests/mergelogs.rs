@@ -57,6 +57,13 @@ fn three_servers(start: i64, lines: usize) -> Fixture {
 
 #[test]
 fn every_line_gets_its_client_whatever_tz_is() {
+    // Without the zone files every TZ would silently be UTC, and this would prove nothing.
+    for zone in ["Europe/Stockholm", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"] {
+        assert!(
+            Path::new("/usr/share/zoneinfo").join(zone).exists(),
+            "/usr/share/zoneinfo/{zone} is missing: install tzdata (.ci/run does)"
+        );
+    }
     // Both daylight-saving changes of 2024 fall inside the logs: local times jump forward an
     // hour in spring and repeat an hour in autumn.
     for start in [SPRING_2024, AUTUMN_2024] {

@@ -1,0 +1,60 @@
+//! man/penlog.1, man/penlogd.1 and man/mergelogs.1 describe the options their `--help` lists:
+//! every option of the usage text has one entry in the man page's OPTIONS section, and the
+//! section has no entry for an option the program does not have.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use pen_crosstests::logtools::{our_bin, run, WAIT};
+
+/// Option letters in a usage text: lines like `  -x ...`.
+fn usage_options(usage: &str) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = usage
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('-'))
+        .filter_map(|rest| rest.chars().next())
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| format!("-{c}"))
+        .collect();
+    set.extend(["--help".to_string(), "--version".to_string()]);
+    set
+}
+
+/// Tags of the `.TP` entries of the OPTIONS section: `\fB\-x\fR ...` -> `-x`.
+fn man_options(man: &str) -> BTreeSet<String> {
+    let mut set = BTreeSet::new();
+    let mut in_options = false;
+    let mut lines = man.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with(".SH") {
+            in_options = line.trim() == ".SH OPTIONS";
+        } else if in_options && line.trim() == ".TP" {
+            let tag = lines.next().unwrap_or_default();
+            let name = tag
+                .strip_prefix("\\fB")
+                .and_then(|t| t.split("\\fR").next())
+                .unwrap_or_else(|| panic!("unexpected OPTIONS tag: {tag}"))
+                .replace("\\-", "-");
+            set.insert(name);
+        }
+    }
+    set
+}
+
+#[test]
+fn man_pages_list_the_options_of_the_usage_texts() {
+    for tool in ["penlog", "penlogd", "mergelogs"] {
+        let out = run(&our_bin(tool), &["--help"], b"", &[], WAIT);
+        assert_eq!(out.code(), Some(0), "{tool} --help");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../man")
+            .join(format!("{tool}.1"));
+        let man = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("can't read {}: {e}", path.display()));
+        assert_eq!(
+            man_options(&man),
+            usage_options(&out.stdout_text()),
+            "{tool}: man page OPTIONS against --help"
+        );
+    }
+}
