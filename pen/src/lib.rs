@@ -11,9 +11,11 @@
 //! of server names after startup.
 
 pub mod addr;
+pub mod admin;
 pub mod balancer;
 pub mod cli;
 pub mod control;
+pub mod control_port;
 pub mod logging;
 pub mod net;
 pub mod proxy;

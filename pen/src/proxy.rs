@@ -36,6 +36,7 @@ impl Shared {
 }
 
 /// Limits the accept loop: `-x` connection slots, and `-m` accepts per wake-up.
+#[derive(Clone)]
 pub struct Limits {
     pub slots: Arc<Semaphore>,
     pub multi_accept: usize,
@@ -170,15 +171,20 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                     b.conn(conn).map(|c| c.counters.clone())
                 });
                 let Some(counters) = counters else { return };
+                counters.client_fd.store(client.fd(), Ordering::Relaxed);
+                counters.server_fd.store(upstream.fd(), Ordering::Relaxed);
                 let options = RelayOptions {
                     idle_timeout: settings.idle_timeout,
                     fastclose: settings.fastclose,
                 };
-                match relay::relay(&mut client, &mut upstream, &counters, options).await {
-                    RelayEnd::Error(side, e) => {
-                        debug!("connection {}: {side:?} error: {e}", conn.0)
-                    }
-                    end => debug!("connection {}: {end:?}", conn.0),
+                tokio::select! {
+                    end = relay::relay(&mut client, &mut upstream, &counters, options) => match end {
+                        RelayEnd::Error(side, e) => {
+                            debug!("connection {}: {side:?} error: {e}", conn.0)
+                        }
+                        end => debug!("connection {}: {end:?}", conn.0),
+                    },
+                    () = counters.abort.notified() => info!("connection {}: closed by the control port", conn.0),
                 }
                 return;
             }

@@ -37,6 +37,7 @@ pub struct ClientEntry {
     pub received: u64,
 }
 
+#[derive(Clone)]
 pub struct ClientTable {
     /// Unbounded underneath, with the capacity enforced here, so memory follows the clients
     /// actually seen rather than `clients_max` (a table of a million costs nothing until used).
