@@ -32,6 +32,8 @@ pub struct Admin {
     permits: Mutex<usize>,
     /// Told by `exit` (with `-X`).
     pub exit: Notify,
+    /// A listener bound by `listen` before the command ran, waiting for its action.
+    prebound: Mutex<Option<(ListenAddr, BoundListener)>>,
 }
 
 impl Admin {
@@ -51,6 +53,7 @@ impl Admin {
             slots,
             permits,
             exit: Notify::new(),
+            prebound: Mutex::new(None),
         }
     }
 
@@ -110,6 +113,21 @@ impl Admin {
         if let Err(e) = control::check_origin(&cmd, &self.host(), Origin::ControlPort) {
             return refuse(e);
         }
+        // `listen`: bind first, so that a port in use changes nothing at all.
+        if let Command::Listen(Some((_, addr))) = &cmd {
+            match BoundListener::bind(addr, self.backlog) {
+                Ok(bound) => {
+                    *self.prebound.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((addr.clone(), bound));
+                }
+                Err(e) => {
+                    return refuse(ControlError::Refused {
+                        command: "listen",
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
         match cmd {
             Command::Include(path) => match self.apply_file(&path, Origin::ControlPort) {
                 Ok(applied) => (applied.replies.concat(), applied.actions),
@@ -149,11 +167,20 @@ impl Admin {
             info!("SIGHUP: no configuration file (-F) to re-read");
             return;
         };
+        let listening = {
+            let h = self.host();
+            (h.listen.clone(), h.listen_text.clone())
+        };
         match self.apply_file(&path, Origin::ConfigFile) {
             Ok(applied) => {
                 for action in applied.actions {
+                    let relisten = matches!(action, Action::Listen(_));
                     if let Err(e) = self.perform(action) {
                         warn!("{}: {}", path.display(), e.trim_end());
+                        if relisten {
+                            let mut h = self.host();
+                            (h.listen, h.listen_text) = listening.clone();
+                        }
                     }
                 }
                 info!("SIGHUP: re-read {}", path.display());
@@ -165,19 +192,25 @@ impl Admin {
     /// Do what a command asked of the shell. Err is the reply to send instead.
     pub fn perform(&self, action: Action) -> Result<(), String> {
         match action {
-            Action::Listen(addr) => match BoundListener::bind(&addr, self.backlog) {
-                Ok(bound) => {
-                    info!("listening on {addr}");
-                    self.listeners.send_replace(Arc::new(bound));
-                }
-                Err(e) => {
-                    // Keep the old listener, and say so.
-                    let old = self.listeners.borrow().local_addr();
-                    self.host().listen = old.map(ListenAddr::Tcp).or(self.host().listen.clone());
-                    warn!("listen: {e}");
-                    return Err(format!("listen: {e}\n"));
-                }
-            },
+            Action::Listen(addr) => {
+                let prebound = self
+                    .prebound
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .filter(|(a, _)| *a == addr)
+                    .map(|(_, b)| b);
+                let bound = match prebound {
+                    Some(b) => b,
+                    None => BoundListener::bind(&addr, self.backlog).map_err(|e| {
+                        // The old listener stays.
+                        warn!("listen: {e}");
+                        format!("listen: {e}\n")
+                    })?,
+                };
+                info!("listening on {addr}");
+                self.listeners.send_replace(Arc::new(bound));
+            }
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
             Action::Close(id) => {

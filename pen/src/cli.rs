@@ -109,6 +109,8 @@ pub fn find_flag(letter: char) -> Option<&'static Flag> {
 pub struct Options {
     /// None when only the config file (`-F`) names the listener.
     pub listen: Option<ListenAddr>,
+    /// The listener as written, for `listen` and `write`.
+    pub listen_text: Option<String>,
     pub servers: Vec<ServerSpec>,
     pub emergency: Option<ServerSpec>,
     /// `-B`: where clients denied by `client_acl` go.
@@ -377,17 +379,22 @@ impl Raw {
     fn finish(self, positionals: &[&str]) -> Result<Options, CliError> {
         // The listener: the first positional, else a `-o listen`, else (when `-F` is given)
         // whatever the config file says.
-        let (listen, servers) = match positionals.split_first() {
-            Some((l, rest)) => (Some(addr::parse_listen(l).map_err(CliError::Listen)?), rest),
+        let (listen_text, listen, servers) = match positionals.split_first() {
+            Some((l, rest)) => (
+                Some(l.to_string()),
+                Some(addr::parse_listen(l).map_err(CliError::Listen)?),
+                rest,
+            ),
             None => {
                 let from_o = self.commands.iter().rev().find_map(|c| match c {
-                    Command::Listen(Some(a)) => Some(a.clone()),
+                    Command::Listen(Some(l)) => Some(l.clone()),
                     _ => None,
                 });
                 if from_o.is_none() && self.config_file.is_none() {
                     return Err(CliError::NoListen);
                 }
-                (from_o, &[][..])
+                let (text, listen) = from_o.unzip();
+                (text, listen, &[][..])
             }
         };
         let port = listen.as_ref().and_then(ListenAddr::default_port);
@@ -405,6 +412,7 @@ impl Raw {
         let abuse = spec('B', self.abuse)?;
         Ok(Options {
             listen,
+            listen_text,
             servers,
             emergency,
             abuse,

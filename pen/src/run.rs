@@ -206,6 +206,7 @@ fn bind_control(options: &Options) -> anyhow::Result<Option<BoundListener>> {
 /// The shell's part of the configuration, as the command line sets it.
 fn host_view(options: &Options, conn_max: usize) -> HostView {
     let mut host = HostView::new(options.listen.clone(), conn_max);
+    host.listen_text = options.listen_text.clone();
     host.control = options.control.as_ref().map(|(text, _)| text.clone());
     host.exit_enabled = options.exit_enabled;
     host.config_file = options.config_file.clone();

@@ -460,12 +460,20 @@ fn listen_exit_conn_max_and_close_at_run_time() {
     let a = Backend::echo();
     let c = Controlled::start(&["-X"], &[a.spec()]);
     let old = c.pen.tcp();
-    // A bad listen keeps the old listener.
-    let reply = c.ctl("listen 127.0.0.1:1");
-    assert!(
-        reply.starts_with("listen:") || reply.contains("127.0.0.1:1"),
-        "{reply}"
-    );
+    // A listen on a port in use is refused and keeps the old listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reply = c.ctl(&format!("listen {}", taken.local_addr().unwrap()));
+    assert!(reply.starts_with("listen:"), "{reply}");
+    assert_eq!(c.ctl("listen"), format!("{}\n", c.pen.listen_arg));
+    drop(taken);
+    // dummy mode answers without a server.
+    c.ctl("dummy");
+    let mut d = c.pen.connect();
+    d.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    d.read_to_string(&mut page).unwrap();
+    assert!(page.ends_with("\r\n\r\nUlric was here."), "{page:?}");
+    c.ctl("no dummy");
     let new_port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
     assert_eq!(
         c.ctl(&format!("listen 127.0.0.1:{new_port}")),

@@ -23,6 +23,8 @@ pub struct HostView {
     pub control: Option<String>,
     /// None until the command line or config file names one.
     pub listen: Option<ListenAddr>,
+    /// The listener as the operator wrote it (`listen` replies with it, as pen does).
+    pub listen_text: Option<String>,
     pub conn_max: usize,
     pub debug: u8,
     /// `-X`
@@ -48,6 +50,7 @@ impl HostView {
         HostView {
             pid: std::process::id(),
             control: None,
+            listen_text: listen.as_ref().map(ToString::to_string),
             listen,
             conn_max,
             debug: 0,
@@ -168,14 +171,12 @@ pub fn execute(
             })
         }
         Command::Listen(addr) => match addr {
-            Some(a) => {
+            Some((text, a)) => {
                 host.listen = Some(a.clone());
-                act(format!("{a}\n"), Action::Listen(a.clone()))
+                host.listen_text = Some(text.clone());
+                act(format!("{text}\n"), Action::Listen(a.clone()))
             }
-            None => match &host.listen {
-                Some(a) => format!("{a}\n").into(),
-                None => "(null)\n".to_string().into(),
-            },
+            None => format!("{}\n", host.listen_text.as_deref().unwrap_or("(null)")).into(),
         },
         Command::Log(v) => match v {
             Some(target) => {

@@ -146,9 +146,7 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
         host.write_flags,
         target.display(),
         host.control.as_deref().unwrap_or("(null)"),
-        host.listen
-            .as_ref()
-            .map_or_else(|| "(null)".to_string(), ToString::to_string)
+        host.listen_text.as_deref().unwrap_or("(null)")
     );
     for i in 0..ACL_LISTS {
         let id = AclId::new(i).expect("in range");

@@ -151,7 +151,8 @@ pub enum Command {
     IdleTimeout(Option<Duration>),
     /// Expanded by the config reader; reaching `execute` means it came over the control port.
     Include(PathBuf),
-    Listen(Option<ListenAddr>),
+    /// The address as written (pen replies with it) and parsed.
+    Listen(Option<(String, ListenAddr)>),
     Log(Option<String>),
     NoLog,
     Mode,
@@ -193,7 +194,7 @@ impl Command {
                 Some(p.clone())
             }
             Command::Log(Some(l)) if !log_is_network(l) => Some(PathBuf::from(l)),
-            Command::Listen(Some(ListenAddr::Unix(p))) => Some(p.clone()),
+            Command::Listen(Some((_, ListenAddr::Unix(p)))) => Some(p.clone()),
             _ => None,
         }
     }

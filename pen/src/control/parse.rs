@@ -81,10 +81,12 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
         "include" => Command::Include(PathBuf::from(need(arg, "include", "file name")?)),
         "listen" => Command::Listen(
             arg.map(|a| {
-                addr::parse_listen(a).map_err(|e| ControlError::Refused {
-                    command: "listen",
-                    reason: e.to_string(),
-                })
+                addr::parse_listen(a)
+                    .map(|l| (a.to_string(), l))
+                    .map_err(|e| ControlError::Refused {
+                        command: "listen",
+                        reason: e.to_string(),
+                    })
             })
             .transpose()?,
         ),
