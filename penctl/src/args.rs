@@ -18,7 +18,7 @@ pub const USAGE: &str = "usage: penctl host:port command\n";
 pub const MAX_COMMAND: usize = 1021;
 /// How long penctl waits for the connection to pen, unless told otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long penctl waits for pen's whole reply after sending the command, unless told otherwise.
+/// How long penctl waits, in all, for pen's reply, unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the command line asks for.
@@ -61,8 +61,8 @@ ADDRESS is pen's control port (pen -C):
 Options (only before ADDRESS):
   --connect-timeout SECS  give up if pen does not accept within SECS seconds
                           (default {connect}; 0 waits as long as the system does)
-  --timeout SECS          give up if pen's reply has not ended SECS seconds after
-                          the command was sent (default {reply}; 0 waits for ever)
+  --timeout SECS          give up if pen's reply has not ended after SECS seconds
+                          of waiting for it (default {reply}; 0 waits for ever)
   -h, --help              print this help and exit
   -V, --version           print the version and exit
   --                      end of options

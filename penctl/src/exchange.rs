@@ -2,8 +2,9 @@
 //! sends to the output until pen closes the connection.
 //!
 //! Every wait is bounded when the request asks for limits: the connect by `connect_timeout` (for
-//! each address a name resolves to), the whole reply by `timeout`, counted from the moment the
-//! command was sent.
+//! each address a name resolves to), the whole reply by `timeout`: the time spent waiting for pen,
+//! added up over every read. Time spent writing the reply to a slow standard output (`| less`)
+//! does not count, so a big reply read slowly is not cut off, while a pen that trickles is.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -123,17 +124,20 @@ pub fn copy_reply(
     out: &mut impl Write,
     limit: Option<Duration>,
 ) -> Result<(), Error> {
-    let deadline = limit.map(|limit| Instant::now() + limit);
+    // What is left of the time penctl may spend waiting for pen.
+    let mut left = limit;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        if let Some(budget) = left {
+            if budget.is_zero() {
                 return Err(Error::ReplyTimeout(limit.unwrap_or_default()));
             }
-            socket.set_read_limit(left).map_err(|_| Error::Receive)?;
+            socket.set_read_limit(budget).map_err(|_| Error::Receive)?;
         }
-        let n = match socket.read(&mut buf) {
+        let started = Instant::now();
+        let read = socket.read(&mut buf);
+        left = left.map(|budget| budget.saturating_sub(started.elapsed()));
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -220,6 +224,27 @@ mod tests {
         let mut out = Vec::new();
         copy_reply(&mut s, &mut out, None).unwrap();
         assert_eq!((out, s.limits.len()), (b"x".to_vec(), 0));
+    }
+
+    #[test]
+    fn time_spent_writing_to_a_slow_reader_does_not_count() {
+        struct Slow(Vec<u8>);
+        impl Write for Slow {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                thread::sleep(Duration::from_millis(40));
+                self.0.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let pieces: Vec<io::Result<Vec<u8>>> = (0..3).map(|_| Ok(b"page".to_vec())).collect();
+        let mut s = script(pieces);
+        let mut out = Slow(Vec::new());
+        // 120 ms go to the reader, far more than the limit; the reads themselves take no time.
+        copy_reply(&mut s, &mut out, Some(Duration::from_millis(30))).unwrap();
+        assert_eq!(out.0, b"pagepagepage");
     }
 
     #[test]
