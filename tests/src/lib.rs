@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
+pub mod penctl;
+
 /// Placeholder in a pen command line for the listen address the harness picks.
 pub const LISTEN: &str = "{listen}";
 /// How long a pen may take to start listening.
