@@ -32,6 +32,8 @@ pub struct Admin {
     permits: Mutex<usize>,
     /// Told by `exit` (with `-X`).
     pub exit: Notify,
+    /// How many idlers `idlers::maintain` keeps open.
+    pub idlers: watch::Sender<usize>,
     /// A listener bound by `listen` before the command ran, waiting for its action.
     prebound: Mutex<Option<(ListenAddr, BoundListener)>>,
 }
@@ -53,6 +55,7 @@ impl Admin {
             slots,
             permits,
             exit: Notify::new(),
+            idlers: watch::Sender::new(0),
             prebound: Mutex::new(None),
         }
     }
@@ -213,6 +216,9 @@ impl Admin {
             }
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
+            Action::Idlers(n) => {
+                self.idlers.send_replace(n);
+            }
             Action::Close(id) => {
                 if let Some(c) = self.shared.with(|b| b.conn(id).map(|c| c.counters.clone())) {
                     c.abort.notify_one();

@@ -16,6 +16,7 @@ pub mod balancer;
 pub mod cli;
 pub mod control;
 pub mod control_port;
+pub mod idlers;
 pub mod logging;
 pub mod net;
 pub mod proxy;

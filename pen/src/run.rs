@@ -146,6 +146,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 warn!("-F: {}", e.trim_end());
             }
         }
+        tokio::spawn(crate::idlers::maintain(shared.clone(), admin.idlers.subscribe()));
         if let Some(l) = control_listener {
             match l.register() {
                 Ok(l) => {
@@ -172,6 +173,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
+        admin.idlers.send_replace(0);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while shared.with(|b| b.live_conns()) > 0 {
             if tokio::time::Instant::now() >= deadline {

@@ -508,3 +508,22 @@ fn listen_exit_conn_max_and_close_at_run_time() {
     let status = pen.wait_exit(Duration::from_secs(5));
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+#[test]
+fn idlers_keep_upstream_connections_open_and_are_replaced() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let c = Controlled::start(&[], &[a.spec(), b.spec()]);
+    assert_eq!(c.ctl("idlers 2"), "Idlers: 0/0\n");
+    wait_until("two idlers", Duration::from_secs(5), || {
+        (c.ctl("idlers") == "Idlers: 2/2\n").then_some(())
+    });
+    assert_eq!(a.open_connections() + b.open_connections(), 2);
+    let servers = c.ctl("servers");
+    assert!(servers.contains("conn 1"), "{servers}");
+    assert_eq!(c.ctl("idlers 0"), "Idlers: 2/2\n");
+    wait_until("the idlers to close", Duration::from_secs(5), || {
+        (a.open_connections() + b.open_connections() == 0).then_some(())
+    });
+    assert_eq!(c.pen.ask_from(2), "b");
+    c.pen.finish();
+}

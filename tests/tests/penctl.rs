@@ -71,7 +71,8 @@ fn same_replies_on(pen_bin: &Path, control: Control) {
     let Some((c, ours)) = penctls() else { return };
     let backends = [Backend::start("A"), Backend::start("B")];
     let servers: Vec<String> = backends.iter().map(Backend::spec).collect();
-    let pen = ControlledPen::start(pen_bin, control, &[], &servers);
+    // -x 500: C pen's default, which ours derives from the descriptor limit instead.
+    let pen = ControlledPen::start(pen_bin, control, &["-x", "500"], &servers);
     let address = pen.address();
     for (words, want) in COMMANDS {
         let mut args = vec![address.as_str()];
@@ -109,6 +110,18 @@ fn same_replies_as_c_penctl_from_c_pen_over_ipv6() {
 fn same_replies_as_c_penctl_from_c_pen_over_a_unix_socket() {
     let Some(pen) = c_pen() else { return };
     let dir = std::env::temp_dir().join(format!("penctl-cross-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    same_replies_on(&pen, Control::Unix(dir.join("ctl.sock")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Our pen's control port gives the replies C pen gives, through both penctls.
+#[test]
+fn our_pen_replies_as_c_pen_does_over_ipv4_ipv6_and_a_unix_socket() {
+    let pen = pen_crosstests::our_pen();
+    same_replies_on(&pen, Control::v4());
+    same_replies_on(&pen, Control::v6());
+    let dir = std::env::temp_dir().join(format!("penctl-ours-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     same_replies_on(&pen, Control::Unix(dir.join("ctl.sock")));
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,6 +18,8 @@ use super::Target;
 pub enum ClientKey {
     Ip(IpAddr),
     Unix,
+    /// Not a client: an idle upstream connection pen keeps open (`idlers`). Never in the table.
+    Idler,
 }
 
 /// A client as the table remembers it.

@@ -473,6 +473,34 @@ impl Balancer {
         self.connect_or_refuse(id, placed)
     }
 
+    /// `idlers N`: an upstream connection with no client, placed by round robin with failover
+    /// like pen's "reliable idlers". It counts on its server until `closed`.
+    pub fn admit_idler(&mut self, now: Instant) -> Admission {
+        let initial = self.round_robin(now);
+        let id = self.insert_conn(Conn {
+            client: ClientKey::Idler,
+            peer_port: 0,
+            initial,
+            target: None,
+            state: ConnState::Connecting,
+            attempts: 0,
+            counters: Arc::default(),
+            since: now,
+        });
+        let placed = match initial {
+            Some(t) if self.try_server(t, id, now) => Some(t),
+            _ => self.failover(id, initial, now),
+        };
+        self.connect_or_refuse(id, placed)
+    }
+
+    /// Idle upstream connections that are established.
+    pub fn idlers(&self) -> usize {
+        self.conns()
+            .filter(|(_, c)| c.client == ClientKey::Idler && c.state == ConnState::Connected)
+            .count()
+    }
+
     /// The connect to the current target succeeded.
     pub fn connected(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id) {

@@ -43,6 +43,8 @@ pub struct HostView {
     pub dsr_if: Option<String>,
     pub dsr_ip: Option<IpAddr>,
     pub tarpit_acl: Option<AclId>,
+    /// `idlers N`: idle upstream connections to keep open.
+    pub idlers: usize,
 }
 
 impl HostView {
@@ -65,6 +67,7 @@ impl HostView {
             dsr_if: None,
             dsr_ip: None,
             tarpit_acl: None,
+            idlers: 0,
         }
     }
 }
@@ -193,6 +196,17 @@ pub fn execute(
         Command::NoLog => {
             host.log = None;
             act(String::new(), Action::NoLog)
+        }
+        Command::Idlers(v) => {
+            // pen replies with the numbers before the change.
+            let reply = format!("Idlers: {}/{}\n", b.idlers(), host.idlers);
+            match v {
+                Some(n) => {
+                    host.idlers = *n;
+                    act(reply, Action::Idlers(*n))
+                }
+                None => reply.into(),
+            }
         }
         Command::PendingMax(n) => {
             host.pending_max = *n;
@@ -458,6 +472,7 @@ fn recent(b: &Balancer, ctx: &Context, window: Duration) -> String {
         let addr = match key {
             ClientKey::Ip(ip) => ip.to_string(),
             ClientKey::Unix => "unix".to_string(),
+            ClientKey::Idler => continue,
         };
         let _ = writeln!(
             out,

@@ -149,6 +149,7 @@ pub enum Command {
     EventLoop(&'static str),
     Exit,
     IdleTimeout(Option<Duration>),
+    Idlers(Option<usize>),
     /// Expanded by the config reader; reaching `execute` means it came over the control port.
     Include(PathBuf),
     /// The address as written (pen replies with it) and parsed.
@@ -212,6 +213,8 @@ pub enum Action {
     Listen(ListenAddr),
     ConnMax(usize),
     Debug(u8),
+    /// Keep this many idle upstream connections open.
+    Idlers(usize),
     /// Force-close a connection.
     Close(ConnId),
     Exit,

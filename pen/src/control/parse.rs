@@ -13,13 +13,15 @@ use crate::balancer::{AclEntry, AclId, ConnId, FastClose};
 
 /// Commands of pen 0.34.1 whose feature this version does not have.
 const LATER: &[&str] = &[
-    "idlers",
     "ssl_ciphers",
     "ssl_client_renegotiation_interval",
     "ssl_ocsp_response",
     "ssl_option",
     "ssl_sni_path",
 ];
+
+/// Most idle upstream connections `idlers` may ask for.
+const MAX_IDLERS: usize = 10_000;
 
 /// Parse one line.
 pub fn parse(line: &str) -> Result<Command, ControlError> {
@@ -78,6 +80,7 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
         "select" => Command::EventLoop("select"),
         "exit" => Command::Exit,
         "idle_timeout" => Command::IdleTimeout(arg.map(|a| secs("idle_timeout", a)).transpose()?),
+        "idlers" => Command::Idlers(arg.map(|a| count("idlers", a, 0, MAX_IDLERS)).transpose()?),
         "include" => Command::Include(PathBuf::from(need(arg, "include", "file name")?)),
         "listen" => Command::Listen(
             arg.map(|a| {
