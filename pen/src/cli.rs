@@ -8,6 +8,7 @@
 //! getopt's, and clap would have to be bent into it.
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
@@ -56,15 +57,15 @@ use Support::{NoEffect, NotYet, Obsolete, Yes};
 
 /// Every option letter of pen 0.34.1, in the order of its usage text.
 pub const FLAGS: &[Flag] = &[
-    flag('B', Some("host:port"), "abuse server for clients denied by the client ACL", NotYet("access lists")),
-    flag('C', Some("addr:port"), "control port", NotYet("the control port")),
+    flag('B', Some("host:port"), "abuse server for clients denied by the client ACL", Yes),
+    flag('C', Some("addr:port"), "control port (a bare port binds the loopback address only)", Yes),
     flag('T', Some("sec"), "client tracking time in seconds (0 = forever) [0]", Yes),
     flag('H', None, "add X-Forwarded-For header in http requests", NotYet("HTTP header insertion")),
     flag('U', None, "use udp protocol support", NotYet("UDP balancing")),
     flag('O', Some("option"), "same as -o", Yes),
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
-    flag('X', None, "enable 'exit' command for control port", NotYet("the control port")),
+    flag('X', None, "enable 'exit' command for control port", Yes),
     flag('a', None, "debugging dumps in ascii format (no effect yet: traffic dumps come with the request log)", NoEffect("traffic dumps come with the request log")),
     flag('b', Some("sec"), "blacklist time in seconds [30]", Yes),
     flag('c', Some("N"), "max number of clients [2048]", Yes),
@@ -73,14 +74,14 @@ pub const FLAGS: &[Flag] = &[
     flag('f', None, "stay in foreground", Yes),
     flag('h', None, "use hash for initial server selection", Yes),
     flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
-    flag('F', Some("file"), "name of configuration file", NotYet("configuration files")),
+    flag('F', Some("file"), "name of configuration file", Yes),
     flag('l', Some("file"), "logging on: log requests to a file, or to penlogd at host:port", Yes),
     flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
     flag('q', Some("N"), "listen queue (backlog) length [500]", Yes),
     flag('r', None, "bypass client tracking in server selection", Yes),
     flag('s', None, "stubborn selection, i.e. don't fail over", Yes),
     flag('t', Some("sec"), "connect timeout in seconds [3]", Yes),
-    flag('u', Some("user"), "run as alternative user", NotYet("privilege dropping")),
+    flag('u', Some("user"), "run as alternative user", Yes),
     flag('p', Some("file"), "write pid to file", NotYet("pid files")),
     flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
     flag('w', Some("file"), "save statistics in HTML format in a file", NotYet("statistics files")),
@@ -107,9 +108,22 @@ pub fn find_flag(letter: char) -> Option<&'static Flag> {
 /// Everything pen needs to start, validated and resolved.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub listen: ListenAddr,
+    /// None when only the config file (`-F`) names the listener.
+    pub listen: Option<ListenAddr>,
+    /// The listener as written, for `listen` and `write`.
+    pub listen_text: Option<String>,
     pub servers: Vec<ServerSpec>,
     pub emergency: Option<ServerSpec>,
+    /// `-B`: where clients denied by `client_acl` go.
+    pub abuse: Option<ServerSpec>,
+    /// `-C` as given, and parsed.
+    pub control: Option<(String, ListenAddr)>,
+    /// `-X`: the `exit` command works.
+    pub exit_enabled: bool,
+    /// `-F`
+    pub config_file: Option<PathBuf>,
+    /// `-u`
+    pub user: Option<String>,
     pub settings: Settings,
     pub clients_max: NonZeroUsize,
     /// `-x`; None = derived from the descriptor limit at startup.
@@ -236,6 +250,11 @@ struct Raw {
     backlog: Option<u32>,
     multi_accept: Option<NonZeroUsize>,
     emergency: Option<String>,
+    abuse: Option<String>,
+    control: Option<(String, ListenAddr)>,
+    exit_enabled: bool,
+    config_file: Option<PathBuf>,
+    user: Option<String>,
     foreground: bool,
     debug: u8,
     ascii: bool,
@@ -302,6 +321,17 @@ impl Raw {
             'c' => self.clients_max = Some(positive(letter, v)?),
             'd' => self.debug = self.debug.saturating_add(1),
             'e' => self.emergency = Some(v.to_string()),
+            'B' => self.abuse = Some(v.to_string()),
+            'C' => {
+                let addr = control_listen(v).map_err(|e| CliError::FlagServer {
+                    flag: 'C',
+                    source: e,
+                })?;
+                self.control = Some((v.to_string(), addr));
+            }
+            'X' => self.exit_enabled = true,
+            'F' => self.config_file = Some(PathBuf::from(v)),
+            'u' => self.user = Some(v.to_string()),
             'f' => self.foreground = true,
             'h' => s.hash = true,
             'l' => self.log = Some(LogTarget::parse(v).map_err(CliError::Log)?),
@@ -354,24 +384,49 @@ impl Raw {
     }
 
     fn finish(self, positionals: &[&str]) -> Result<Options, CliError> {
-        let (listen, servers) = positionals.split_first().ok_or(CliError::NoListen)?;
-        let listen = addr::parse_listen(listen).map_err(CliError::Listen)?;
-        let port = listen.default_port();
+        // The listener: the first positional, else a `-o listen`, else (when `-F` is given)
+        // whatever the config file says.
+        let (listen_text, listen, servers) = match positionals.split_first() {
+            Some((l, rest)) => (
+                Some(l.to_string()),
+                Some(addr::parse_listen(l).map_err(CliError::Listen)?),
+                rest,
+            ),
+            None => {
+                let from_o = self.commands.iter().rev().find_map(|c| match c {
+                    Command::Listen(Some(l)) => Some(l.clone()),
+                    _ => None,
+                });
+                if from_o.is_none() && self.config_file.is_none() {
+                    return Err(CliError::NoListen);
+                }
+                let (text, listen) = from_o.unzip();
+                (text, listen, &[][..])
+            }
+        };
+        let port = listen.as_ref().and_then(ListenAddr::default_port);
         let servers = servers
             .iter()
             .map(|s| addr::parse_server(s, port).map_err(CliError::Server))
             .collect::<Result<Vec<_>, _>>()?;
-        let emergency = self
-            .emergency
-            .map(|e| {
-                addr::parse_server(&e, port)
-                    .map_err(|source| CliError::FlagServer { flag: 'e', source })
+        let spec = |flag: char, v: Option<String>| {
+            v.map(|e| {
+                addr::parse_server(&e, port).map_err(|source| CliError::FlagServer { flag, source })
             })
-            .transpose()?;
+            .transpose()
+        };
+        let emergency = spec('e', self.emergency)?;
+        let abuse = spec('B', self.abuse)?;
         Ok(Options {
             listen,
+            listen_text,
             servers,
             emergency,
+            abuse,
+            control: self.control,
+            exit_enabled: self.exit_enabled,
+            config_file: self.config_file,
+            user: self.user,
             settings: self.settings,
             clients_max: self
                 .clients_max
@@ -389,6 +444,18 @@ impl Raw {
             replies: self.replies,
             commands: self.commands,
         })
+    }
+}
+
+/// `-C`: like a listener, except that a bare port binds the loopback address only (C pen bound
+/// every address, exposing an unauthenticated control port to the network).
+pub fn control_listen(v: &str) -> Result<ListenAddr, AddrError> {
+    match addr::parse_listen(v)? {
+        ListenAddr::Tcp(sa) if !v.contains(':') => Ok(ListenAddr::Tcp(std::net::SocketAddr::new(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            sa.port(),
+        ))),
+        other => Ok(other),
     }
 }
 
@@ -500,10 +567,9 @@ mod tests {
             ("8080 127.0.0.1:80:x", "maxc 'x'"),
             ("8080 nonexistent.invalid", "nonexistent.invalid"),
             ("-e bad:host:x 8080 127.0.0.1", "-e"),
-            (
-                "-C 1234 8080 127.0.0.1",
-                "-C: the control port is not available",
-            ),
+            ("-C 99999 8080 127.0.0.1", "-C '99999'"),
+            ("-B bad:host:x 8080 127.0.0.1", "-B"),
+            ("-l x:y 8080 127.0.0.1", "-l: 'x:y'"),
             ("-o", "-o requires an argument"),
         ];
         for (line, want) in cases {
@@ -513,6 +579,20 @@ mod tests {
         let bad_command = ["-o", "blacklist x", "8080", "127.0.0.1"].map(String::from);
         let e = parse(&bad_command).unwrap_err().to_string();
         assert!(e.contains("-o 'blacklist x'") && e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn control_port_binds_loopback_for_a_bare_port() {
+        let o = run("-C 1234 -X -F /etc/pen.cfg -B 127.0.0.1:99 8080 127.0.0.1");
+        let (text, addr) = o.control.unwrap();
+        assert_eq!(text, "1234");
+        assert_eq!(addr.to_string(), "127.0.0.1:1234");
+        assert!(o.exit_enabled);
+        assert_eq!(o.abuse.unwrap().backend.to_string(), "127.0.0.1:99");
+        let o = run("-C [::1]:1234 8080 127.0.0.1");
+        assert_eq!(o.control.unwrap().1.to_string(), "[::1]:1234");
+        let o = run("-F /etc/pen.cfg");
+        assert!(o.listen.is_none(), "the config file may name the listener");
     }
 
     #[test]

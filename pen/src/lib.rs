@@ -14,10 +14,13 @@
 
 pub mod accesslog;
 pub mod addr;
+pub mod admin;
 pub mod balancer;
 pub mod cli;
 pub mod control;
+pub mod control_port;
 pub mod getopt;
+pub mod idlers;
 pub mod logging;
 pub mod net;
 pub mod proxy;

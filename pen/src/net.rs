@@ -22,6 +22,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The socket's descriptor, for the statistics and the `socket` command.
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
     pub fn set_nodelay(&self) {
         if let Stream::Tcp(s) = self {
@@ -127,6 +136,25 @@ impl BoundListener {
                 Ok(BoundListener::Unix(l))
             }
         }
+    }
+
+    /// The control port: as `bind`, but a Unix socket is created with mode 0600 whatever the
+    /// umask, so only pen's user can reach it.
+    pub fn bind_private(addr: &ListenAddr, backlog: u32) -> Result<BoundListener, BindError> {
+        use nix::sys::stat::{umask, Mode};
+        if let ListenAddr::Unix(path) = addr {
+            let old = umask(Mode::from_bits_truncate(0o177));
+            let bound = Self::bind(addr, backlog);
+            umask(old);
+            let bound = bound?;
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|source| BindError::Io {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            return Ok(bound);
+        }
+        Self::bind(addr, backlog)
     }
 
     /// The bound address (useful when the port was 0).

@@ -41,6 +41,7 @@ impl Shared {
 }
 
 /// Limits the accept loop: `-x` connection slots, and `-m` accepts per wake-up.
+#[derive(Clone)]
 pub struct Limits {
     pub slots: Arc<Semaphore>,
     pub multi_accept: usize,
@@ -145,11 +146,17 @@ fn describe(target: Target) -> String {
 
 /// One client connection: choose a server, connect (failing over as the balancer says), relay.
 async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSemaphorePermit) {
-    let (mut admission, settings) =
-        shared.with(|b| (b.admit(peer, Instant::now()), b.settings.clone()));
+    let (admission, settings) = shared.with(|b| {
+        let admission = (!b.settings.dummy).then(|| b.admit(peer, Instant::now()));
+        (admission, b.settings.clone())
+    });
     if settings.tcp_nodelay {
         client.set_nodelay();
     }
+    let Some(mut admission) = admission else {
+        dummy(client, &settings).await;
+        return;
+    };
     let mut guard = ConnGuard {
         shared: &shared,
         conn: None,
@@ -175,6 +182,8 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                     b.conn(conn).map(|c| c.counters.clone())
                 });
                 let Some(counters) = counters else { return };
+                counters.client_fd.store(client.fd(), Ordering::Relaxed);
+                counters.server_fd.store(upstream.fd(), Ordering::Relaxed);
                 let options = RelayOptions {
                     idle_timeout: settings.idle_timeout,
                     fastclose: settings.fastclose,
@@ -185,13 +194,14 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                 };
                 let tap = shared.reqlog.tap(peer.ip, server_ip);
                 let from_client = |data: &[u8]| tap.chunk(data);
-                match relay::relay(&mut client, &mut upstream, &counters, options, from_client)
-                    .await
-                {
-                    RelayEnd::Error(side, e) => {
-                        debug!("connection {}: {side:?} error: {e}", conn.0)
-                    }
-                    end => debug!("connection {}: {end:?}", conn.0),
+                tokio::select! {
+                    end = relay::relay(&mut client, &mut upstream, &counters, options, from_client) => match end {
+                        RelayEnd::Error(side, e) => {
+                            debug!("connection {}: {side:?} error: {e}", conn.0)
+                        }
+                        end => debug!("connection {}: {end:?}", conn.0),
+                    },
+                    () = counters.abort.notified() => info!("connection {}: closed by the control port", conn.0),
                 }
                 return;
             }
@@ -214,6 +224,28 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
         if admission == Admission::Refuse {
             // The balancer already forgot the connection.
             guard.conn = None;
+        }
+    }
+}
+
+/// pen's `dummy` mode: answer the client's first chunk with a fixed page, contacting no server.
+async fn dummy(mut client: Stream, settings: &crate::balancer::Settings) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PAGE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nContent-Type: text/html\r\n\r\nUlric was here.";
+    let wait = if settings.idle_timeout.is_zero() {
+        Duration::from_secs(60)
+    } else {
+        settings.idle_timeout
+    };
+    let mut buf = [0u8; 4096];
+    if let Ok(Ok(n)) = tokio::time::timeout(wait, client.read(&mut buf)).await {
+        if n > 0 {
+            let _ = tokio::time::timeout(wait, async {
+                client.write_all(PAGE).await?;
+                client.shutdown().await
+            })
+            .await;
         }
     }
 }

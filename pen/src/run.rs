@@ -10,9 +10,12 @@ use tracing::{info, warn};
 
 use std::time::Instant;
 
+use crate::admin::Admin;
 use crate::balancer::{Balancer, Server, ServerId};
 use crate::cli::Options;
 use crate::control;
+use crate::control::HostView;
+use crate::control_port;
 use std::sync::mpsc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -20,7 +23,6 @@ use tokio::sync::watch;
 
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
-use crate::reqlog::RequestLog;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -78,7 +80,18 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             conn_max.get() * 2
         );
     }
-    let shared = Shared::new(build_balancer(&options)?);
+    let mut host = host_view(&options, conn_max.get());
+    let mut balancer = build_balancer(&options, &mut host)?;
+    let config_actions = match &options.config_file {
+        Some(path) => load_config_file(path, &mut balancer, &mut host)?,
+        None => Vec::new(),
+    };
+    let listen = host
+        .listen
+        .clone()
+        .context("no listen address: give one on the command line or in the -F file")?;
+    let slots = Arc::new(Semaphore::new(host.conn_max));
+    let shared = Shared::new(balancer);
     if let Some(target) = &options.log {
         shared.reqlog.set(target.clone()).context("-l")?;
     }
@@ -89,24 +102,30 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Signal handlers go in before anything is bound: a TERM that arrives as soon as the port
     // answers must stop pen cleanly, not kill it with the default action.
     let mut signals = control.block_on(async { Signals::install() })?;
-    let bound = BoundListener::bind(&options.listen, options.backlog)?;
-    let slots = Arc::new(Semaphore::new(conn_max.get()));
+    let control_listener = bind_control(&options)?;
+    let bound = Arc::new(BoundListener::bind(&listen, options.backlog)?);
+    let (listeners_tx, listeners_rx) = watch::channel(bound.clone());
+    let admin = Arc::new(Admin::new(
+        shared.clone(),
+        host,
+        listeners_tx,
+        options.backlog,
+        slots.clone(),
+    ));
     let threads = data_threads();
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
     for i in 0..threads {
-        let listener = bound
-            .try_clone()
-            .context("can't share the listening socket")?;
         let limits = Limits {
             slots: slots.clone(),
             multi_accept: options.multi_accept.get(),
         };
         let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
+        let listeners = listeners_rx.clone();
         let worker = std::thread::Builder::new()
             .name(format!("pen-data-{i}"))
-            .spawn(move || data_plane(listener, shared, limits, phase, ready))
+            .spawn(move || data_plane(listeners, shared, limits, phase, ready))
             .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
@@ -120,20 +139,55 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     info!(
         "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
         env!("CARGO_PKG_VERSION"),
-        bound.local_addr().map_or_else(|| options.listen.to_string(), |a| a.to_string()),
+        bound.local_addr().map_or_else(|| listen.to_string(), |a| a.to_string()),
         options.servers.len(),
     );
     drop(bound);
     control.block_on(async {
-        signals.wait_for_stop(&shared.reqlog).await;
+        for action in config_actions {
+            if let Err(e) = admin.perform(action) {
+                warn!("-F: {}", e.trim_end());
+            }
+        }
+        tokio::spawn(crate::idlers::maintain(shared.clone(), admin.idlers.subscribe()));
+        if let Some(l) = control_listener {
+            match l.register() {
+                Ok(l) => {
+                    tokio::spawn(control_port::serve(l, admin.clone()));
+                }
+                Err(e) => warn!("can't register the control port: {e}"),
+            }
+        }
+        loop {
+            tokio::select! {
+                stop = signals.next() => match stop {
+                    Event::Stop => break,
+                    Event::Reload => {
+                        // pen's order: reopen the request log, then re-read the config file.
+                        if let Err(e) = shared.reqlog.reopen() {
+                            warn!("SIGHUP: {e}");
+                        }
+                        let admin = admin.clone();
+                        let _ = tokio::task::spawn_blocking(move || admin.reload()).await;
+                    }
+                    Event::Stats => warn!("SIGUSR1: statistics output is not in this version; ignored"),
+                },
+                () = admin.exit.notified() => {
+                    info!("exit: asked for on the control port");
+                    break;
+                }
+            }
+        }
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
-        let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
-        if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
-            warn!("grace period over; closing the connections still open");
+        admin.idlers.send_replace(0);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while shared.with(|b| b.live_conns()) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                warn!("grace period over; closing the connections still open");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
     let _ = phase_tx.send(Phase::Exit);
@@ -144,6 +198,82 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     shared.reqlog.close();
     Ok(())
+}
+
+/// The control port, unless pen runs as root without `-u` (pen's rule: an unauthenticated
+/// port should not command a root process unless the operator insists with `-u root`).
+fn bind_control(options: &Options) -> anyhow::Result<Option<BoundListener>> {
+    let Some((_, addr)) = &options.control else {
+        return Ok(None);
+    };
+    if nix::unistd::geteuid().is_root() && options.user.is_none() {
+        warn!("Won't open control port running as root; use -u to run as different user");
+        return Ok(None);
+    }
+    Ok(Some(BoundListener::bind_private(addr, options.backlog)?))
+}
+
+/// The shell's part of the configuration, as the command line sets it.
+fn host_view(options: &Options, conn_max: usize) -> HostView {
+    let mut host = HostView::new(options.listen.clone(), conn_max);
+    host.listen_text = options.listen_text.clone();
+    host.control = options.control.as_ref().map(|(text, _)| text.clone());
+    host.exit_enabled = options.exit_enabled;
+    host.config_file = options.config_file.clone();
+    host.debug = options.debug;
+    host.log = options.log.as_ref().map(ToString::to_string);
+    let mut flags = String::new();
+    if options.foreground {
+        flags.push_str(" -f");
+    }
+    if options.exit_enabled {
+        flags.push_str(" -X");
+    }
+    if options.clients_max.get() != crate::balancer::DEFAULT_CLIENTS_MAX {
+        flags.push_str(&format!(" -c {}", options.clients_max));
+    }
+    if let Some(e) = &options.emergency {
+        flags.push_str(&format!(" -e {}", e.backend));
+    }
+    if let Some(a) = &options.abuse {
+        flags.push_str(&format!(" -B {}", a.backend));
+    }
+    if let Some(u) = &options.user {
+        flags.push_str(&format!(" -u '{u}'"));
+    }
+    if let Some(x) = options.conn_max {
+        flags.push_str(&format!(" -x {x}"));
+    }
+    host.write_flags = flags;
+    host
+}
+
+/// `-F` at startup: read and apply the file (its replies go to stdout, as pen's do). An error
+/// stops pen before it binds anything.
+fn load_config_file(
+    path: &std::path::Path,
+    balancer: &mut Balancer,
+    host: &mut HostView,
+) -> anyhow::Result<Vec<control::Action>> {
+    let lines = control::file::read(path).map_err(|e| anyhow::anyhow!("-F {e}"))?;
+    let ctx = control::Context {
+        now: Instant::now(),
+        wall: std::time::SystemTime::now(),
+        default_port: host
+            .listen
+            .as_ref()
+            .and_then(crate::addr::ListenAddr::default_port),
+        origin: control::Origin::ConfigFile,
+    };
+    let applied = control::file::apply(&lines, balancer, host, &ctx)
+        .map_err(|e| anyhow::anyhow!("-F {e}"))?;
+    print!("{}", applied.replies.concat());
+    // Startup binds the listener itself, after this; the other actions run once it is up.
+    Ok(applied
+        .actions
+        .into_iter()
+        .filter(|a| !matches!(a, control::Action::Listen(_) | control::Action::ConnMax(_)))
+        .collect())
 }
 
 /// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise
@@ -157,25 +287,35 @@ fn data_threads() -> usize {
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
-fn build_balancer(options: &Options) -> anyhow::Result<Balancer> {
+fn build_balancer(options: &Options, host: &mut HostView) -> anyhow::Result<Balancer> {
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
-    let port = options.listen.default_port();
+    let ctx = control::Context {
+        now: Instant::now(),
+        wall: std::time::SystemTime::now(),
+        default_port: options
+            .listen
+            .as_ref()
+            .and_then(crate::addr::ListenAddr::default_port),
+        origin: control::Origin::CommandLine,
+    };
     for cmd in &options.commands {
-        let reply = control::execute(cmd, &mut balancer, Instant::now(), port)
+        let outcome = control::execute(cmd, &mut balancer, host, &ctx)
             .map_err(|e| anyhow::anyhow!("-o: {e}"))?;
-        print!("{reply}");
+        print!("{}", outcome.reply);
     }
     for (i, spec) in options.servers.iter().enumerate() {
         balancer.replace_server(ServerId(i), Server::from_spec(spec));
     }
     balancer.set_emergency(options.emergency.as_ref());
+    balancer.set_abuse(options.abuse.as_ref());
     Ok(balancer)
 }
 
 /// One data-plane thread: accept and serve until told to drain, then keep serving the open
-/// connections until told to exit (dropping the runtime closes whatever is left).
+/// connections until told to exit (dropping the runtime closes whatever is left). The thread
+/// follows `listeners`: when `listen` replaces the listener, it accepts on the new one.
 fn data_plane(
-    listener: BoundListener,
+    mut listeners: watch::Receiver<Arc<BoundListener>>,
     shared: Arc<Shared>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
@@ -192,7 +332,8 @@ fn data_plane(
         }
     };
     runtime.block_on(async move {
-        let listener = match listener.register() {
+        let register = |bound: &BoundListener| bound.try_clone().and_then(BoundListener::register);
+        let mut listener = match register(&listeners.borrow_and_update()) {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -210,9 +351,23 @@ fn data_plane(
                 tick.tick().await;
             }
         });
-        tokio::select! {
-            () = proxy::accept_loop(listener, shared, limits) => {}
-            _ = phase.wait_for(|p| *p >= Phase::Drain) => {}
+        loop {
+            tokio::select! {
+                () = proxy::accept_loop(listener, shared.clone(), limits.clone()) => break,
+                _ = phase.wait_for(|p| *p >= Phase::Drain) => break,
+                changed = listeners.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    match register(&listeners.borrow_and_update()) {
+                        Ok(l) => listener = l,
+                        Err(e) => {
+                            warn!("can't take up the new listener: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
         }
         let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
     });
@@ -240,21 +395,23 @@ impl Signals {
         })
     }
 
-    /// Wait for TERM or INT. HUP reopens the request log file (rotation). USR1 (statistics in
-    /// pen) is caught and logged so that it does not stop the balancer; its action comes with
-    /// the statistics feature.
-    async fn wait_for_stop(&mut self, reqlog: &RequestLog) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
-                _ = self.hup.recv() => {
-                    if let Err(e) = reqlog.reopen() {
-                        warn!("SIGHUP: {e}");
-                    }
-                }
-                _ = self.usr1.recv() => warn!("SIGUSR1: statistics output is not in this version; ignored"),
-            }
+    /// The next signal that asks for something.
+    async fn next(&mut self) -> Event {
+        tokio::select! {
+            _ = self.term.recv() => Event::Stop,
+            _ = self.int.recv() => Event::Stop,
+            _ = self.hup.recv() => Event::Reload,
+            _ = self.usr1.recv() => Event::Stats,
         }
     }
+}
+
+/// What a signal asks for.
+enum Event {
+    /// TERM, INT: stop accepting, let connections finish, exit.
+    Stop,
+    /// HUP: re-read the config file.
+    Reload,
+    /// USR1: statistics.
+    Stats,
 }

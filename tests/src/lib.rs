@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 pub mod logtools;
+pub mod penctl;
 pub mod weblogs;
 
 /// Placeholder in a pen command line for the listen address the harness picks.

@@ -58,7 +58,12 @@ fn three_servers(start: i64, lines: usize) -> Fixture {
 #[test]
 fn every_line_gets_its_client_whatever_tz_is() {
     // Without the zone files every TZ would silently be UTC, and this would prove nothing.
-    for zone in ["Europe/Stockholm", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"] {
+    for zone in [
+        "Europe/Stockholm",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Asia/Kolkata",
+    ] {
         assert!(
             Path::new("/usr/share/zoneinfo").join(zone).exists(),
             "/usr/share/zoneinfo/{zone} is missing: install tzdata (.ci/run does)"
@@ -122,7 +127,11 @@ fn agrees_with_c_mergelogs_wherever_c_gets_the_time_right() {
     assert_eq!(ours.stdout_text(), fixture.merged);
     // C skips lines that end right after the request.
     let total = fixture.merged.lines().count();
-    assert_eq!(c_out.stdout_text().lines().count(), total - fixture.cut, "C mergelogs");
+    assert_eq!(
+        c_out.stdout_text().lines().count(),
+        total - fixture.cut,
+        "C mergelogs"
+    );
     // The request identifies a line; compare wherever C printed the right time (its
     // uninitialised tm_isdst shifts some lines by an hour, and with them their match).
     let request = |l: &str| l.split('"').nth(1).unwrap_or_default().to_string();
@@ -141,7 +150,10 @@ fn agrees_with_c_mergelogs_wherever_c_gets_the_time_right() {
             compared += 1;
         }
     }
-    eprintln!("C mergelogs had the right time on {compared} of {} lines", total - fixture.cut);
+    eprintln!(
+        "C mergelogs had the right time on {compared} of {} lines",
+        total - fixture.cut
+    );
     assert!(
         compared > (total - fixture.cut) / 2,
         "only {compared} lines had C's time right"
@@ -164,7 +176,13 @@ fn memory_follows_the_jitter_window_not_the_log_size() {
         let fixture = generate(3, &[("10.0.0.1", Zone::Fixed(0))], lines, AUTUMN_2024, 1);
         let dir = Scratch::new("window");
         let logs = write_fixture(&dir, &fixture);
-        let out = mergelogs(&our_bin("mergelogs"), &dir, &["-d", "-j", "60"], &logs, "UTC");
+        let out = mergelogs(
+            &our_bin("mergelogs"),
+            &dir,
+            &["-d", "-j", "60"],
+            &logs,
+            "UTC",
+        );
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
         assert_eq!(out.stdout_text(), fixture.merged);
         peak_records(&out.stderr)
@@ -187,7 +205,11 @@ fn rejects_go_to_the_r_file() {
     let text = std::fs::read_to_string(&rejects).expect("rejects file");
     assert_eq!(text.lines().count(), fixture.garbage);
     assert!(text.lines().all(|l| l.starts_with("garbage line")));
-    assert!(out.stderr.contains(&format!("written to {rejects}")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("written to {rejects}")),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -224,21 +246,48 @@ fn usage_and_errors_as_c_mergelogs() {
     let server_log = format!("10.0.0.1:{access}");
     let missing_log = format!("10.0.0.1:{}", dir.arg("nonexistent"));
     let missing_pen = dir.arg("nonexistent");
-    let cases: Vec<(Vec<&str>, Option<i32>, Option<i32>, &str)> = vec![
+    // (arguments, C's exit status, ours, what ours must say)
+    type Case<'a> = (Vec<&'a str>, Option<i32>, Option<i32>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![], Some(0), Some(0), "Usage: mergelogs"),
         (vec![&server_log], Some(1), Some(1), "-p"),
-        (vec!["-p", &missing_pen, &server_log], Some(1), Some(1), "nonexistent"),
-        (vec!["-p", &pen_log, &access], Some(1), Some(1), "is not server:logfile"),
-        (vec!["-p", &pen_log, &missing_log], Some(1), Some(1), "nonexistent"),
+        (
+            vec!["-p", &missing_pen, &server_log],
+            Some(1),
+            Some(1),
+            "nonexistent",
+        ),
+        (
+            vec!["-p", &pen_log, &access],
+            Some(1),
+            Some(1),
+            "is not server:logfile",
+        ),
+        (
+            vec!["-p", &pen_log, &missing_log],
+            Some(1),
+            Some(1),
+            "nonexistent",
+        ),
         // C prints its usage and exits 0 for an unknown option; ours exits 1.
-        (vec!["-a", "x", "-p", &pen_log, &server_log], Some(0), Some(1), "'a'"),
+        (
+            vec!["-a", "x", "-p", &pen_log, &server_log],
+            Some(0),
+            Some(1),
+            "'a'",
+        ),
         (vec!["-p", &pen_log, &server_log], Some(0), Some(0), ""),
     ];
     for (args, c_code, our_code, want) in cases {
         let c_out = run(&c, &args, b"", &[("TZ", "UTC")], LIMIT);
         let our_out = run(&ours, &args, b"", &[("TZ", "UTC")], LIMIT);
         assert_eq!(c_out.code(), c_code, "C mergelogs {args:?}");
-        assert_eq!(our_out.code(), our_code, "mergelogs {args:?}: {}", our_out.stderr);
+        assert_eq!(
+            our_out.code(),
+            our_code,
+            "mergelogs {args:?}: {}",
+            our_out.stderr
+        );
         let said = format!("{}{}", our_out.stdout_text(), our_out.stderr);
         assert!(said.contains(want), "mergelogs {args:?}: {said}");
     }

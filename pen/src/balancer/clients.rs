@@ -18,6 +18,8 @@ use super::Target;
 pub enum ClientKey {
     Ip(IpAddr),
     Unix,
+    /// Not a client: an idle upstream connection pen keeps open (`idlers`). Never in the table.
+    Idler,
 }
 
 /// A client as the table remembers it.
@@ -37,6 +39,7 @@ pub struct ClientEntry {
     pub received: u64,
 }
 
+#[derive(Clone)]
 pub struct ClientTable {
     /// Unbounded underneath, with the capacity enforced here, so memory follows the clients
     /// actually seen rather than `clients_max` (a table of a million costs nothing until used).

@@ -8,6 +8,7 @@
 //! backend -> `connected` or `connect_failed` (blacklist, failover: maybe another backend) ->
 //! ... -> `closed` (counters folded into the server and client totals).
 
+mod acl;
 mod clients;
 mod select;
 #[cfg(test)]
@@ -15,10 +16,11 @@ mod tests;
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use acl::{AclEntry, AclFull, AclId, Acls, CountryLookup, NoCountries, Rule, ACL_LISTS};
 pub use clients::{ClientEntry, ClientKey, ClientTable};
 
 use crate::addr::{Backend, ServerSpec};
@@ -70,6 +72,20 @@ pub struct Settings {
     pub tcp_nodelay: bool,
     /// `keepalive`: SO_KEEPALIVE on upstream sockets.
     pub keepalive: bool,
+    /// `client_acl`: the list new clients are checked against.
+    pub client_acl: AclId,
+    /// `control_acl`: the list control connections are checked against.
+    pub control_acl: AclId,
+    /// `-a` / `ascii`: traffic dumps (debug level 3) as text rather than hex.
+    pub ascii: bool,
+    /// `dummy`: answer every client with pen's canned HTTP reply, contacting no server.
+    pub dummy: bool,
+    /// `-H` / `http`: X-Forwarded-For insertion.
+    pub http: bool,
+    /// `transparent`: upstream connections carry the client's address.
+    pub transparent: bool,
+    /// `source ADDR`: the local address of upstream connections.
+    pub source: Option<IpAddr>,
 }
 
 impl Default for Settings {
@@ -87,6 +103,13 @@ impl Default for Settings {
             fastclose: FastClose::Off,
             tcp_nodelay: true,
             keepalive: false,
+            client_acl: AclId::default(),
+            control_acl: AclId::default(),
+            ascii: false,
+            dummy: false,
+            http: false,
+            transparent: false,
+            source: None,
         }
     }
 }
@@ -113,6 +136,8 @@ pub struct Server {
     pub hard: u32,
     pub weight: u32,
     pub prio: u32,
+    /// `server N acl A`: clients this list denies are never sent here.
+    pub acl: AclId,
     /// Connections assigned to this server: connecting or established.
     pub conns: u32,
     pub last_failure: Option<Instant>,
@@ -147,13 +172,37 @@ impl Server {
 
 /// Bytes relayed by one connection, updated by the relay as it goes (one owner writes, the
 /// statistics read), so counters are live without taking the balancer lock per chunk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnCounters {
     pub to_server: AtomicU64,
     pub to_client: AtomicU64,
+    /// The client's and the server's socket descriptors, -1 until known (`connection`,
+    /// `socket` and the status page show them).
+    pub client_fd: AtomicI32,
+    pub server_fd: AtomicI32,
+    /// The shell's kill switch for `close N`; the balancer never touches it.
+    pub abort: tokio::sync::Notify,
+}
+
+impl Default for ConnCounters {
+    fn default() -> Self {
+        ConnCounters {
+            to_server: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            client_fd: AtomicI32::new(-1),
+            server_fd: AtomicI32::new(-1),
+            abort: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl ConnCounters {
+    pub fn fds(&self) -> (i32, i32) {
+        (
+            self.client_fd.load(Ordering::Relaxed),
+            self.server_fd.load(Ordering::Relaxed),
+        )
+    }
     pub fn add_to_server(&self, n: usize) {
         self.to_server.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -221,9 +270,14 @@ pub enum Admission {
     Refuse,
 }
 
-/// The balancer's whole state.
+/// The balancer's whole state. Cloned only to try a configuration transaction (a config file
+/// re-read on HUP) before committing it.
+#[derive(Clone)]
 pub struct Balancer {
     pub settings: Settings,
+    pub acls: Acls,
+    /// The GeoIP database that `country` entries consult.
+    countries: Arc<dyn CountryLookup>,
     servers: Vec<Server>,
     emergency: Option<Server>,
     abuse: Option<Server>,
@@ -245,6 +299,8 @@ impl Balancer {
     pub fn new(settings: Settings, clients_max: NonZeroUsize) -> Self {
         Balancer {
             settings,
+            acls: Acls::default(),
+            countries: Arc::new(NoCountries),
             servers: Vec::new(),
             emergency: None,
             abuse: None,
@@ -270,6 +326,24 @@ impl Balancer {
 
     pub fn set_abuse(&mut self, spec: Option<&ServerSpec>) {
         self.abuse = spec.map(Server::from_spec);
+    }
+
+    /// The GeoIP database for `country` ACL entries.
+    pub fn set_countries(&mut self, countries: Arc<dyn CountryLookup>) {
+        self.countries = countries;
+    }
+
+    /// Does list `acl` let this peer in? (`ip` None: a Unix-domain peer, always let in.)
+    pub fn permits(&self, acl: AclId, ip: Option<IpAddr>) -> bool {
+        self.acls.permits(acl, ip, &*self.countries)
+    }
+
+    pub fn abuse(&self) -> Option<&Server> {
+        self.abuse.as_ref()
+    }
+
+    pub fn emergency(&self) -> Option<&Server> {
+        self.emergency.as_ref()
     }
 
     pub fn servers(&self) -> &[Server] {
@@ -356,8 +430,27 @@ impl Balancer {
     // ---- the life of a connection ----------------------------------------------------------
 
     /// A client connected: remember it, choose a server, and reserve a place on it.
+    ///
+    /// A client that `client_acl` denies goes to the abuse server (`-B`) or is refused; it is
+    /// never sent to the emergency server (pen 0.34.1 did that when `-B` was not given).
     pub fn admit(&mut self, peer: Peer, now: Instant) -> Admission {
         let key = peer.key();
+        if !self.permits(self.settings.client_acl, peer.ip) {
+            let id = self.insert_conn(Conn {
+                client: key,
+                peer_port: peer.port,
+                initial: Some(Target::Abuse),
+                target: None,
+                state: ConnState::Connecting,
+                attempts: 0,
+                counters: Arc::default(),
+                since: now,
+            });
+            let placed = self
+                .try_server(Target::Abuse, id, now)
+                .then_some(Target::Abuse);
+            return self.connect_or_refuse(id, placed);
+        }
         let remembered = self
             .clients
             .visit(key, peer.port, now, self.settings.tracking)
@@ -378,6 +471,34 @@ impl Balancer {
             _ => self.failover(id, initial, now),
         };
         self.connect_or_refuse(id, placed)
+    }
+
+    /// `idlers N`: an upstream connection with no client, placed by round robin with failover
+    /// like pen's "reliable idlers". It counts on its server until `closed`.
+    pub fn admit_idler(&mut self, now: Instant) -> Admission {
+        let initial = self.round_robin(now);
+        let id = self.insert_conn(Conn {
+            client: ClientKey::Idler,
+            peer_port: 0,
+            initial,
+            target: None,
+            state: ConnState::Connecting,
+            attempts: 0,
+            counters: Arc::default(),
+            since: now,
+        });
+        let placed = match initial {
+            Some(t) if self.try_server(t, id, now) => Some(t),
+            _ => self.failover(id, initial, now),
+        };
+        self.connect_or_refuse(id, placed)
+    }
+
+    /// Idle upstream connections that are established.
+    pub fn idlers(&self) -> usize {
+        self.conns()
+            .filter(|(_, c)| c.client == ClientKey::Idler && c.state == ConnState::Connected)
+            .count()
     }
 
     /// The connect to the current target succeeded.
@@ -469,6 +590,12 @@ impl Balancer {
             return false;
         };
         let client = conn.client;
+        if let (Target::Server(sid), ClientKey::Ip(ip)) = (target, client) {
+            match self.servers.get(sid.0) {
+                Some(s) if self.permits(s.acl, Some(ip)) => {}
+                _ => return false,
+            }
+        }
         let sticky = self.clients.peek(&client).and_then(|c| c.server) == Some(target);
         let Some(s) = self.slot_mut(target) else {
             return false;

@@ -74,7 +74,7 @@ impl Balancer {
     }
 
     /// Next available server after the cursor, wrapping; the cursor then points at it.
-    fn round_robin(&mut self, now: Instant) -> Option<Target> {
+    pub(super) fn round_robin(&mut self, now: Instant) -> Option<Target> {
         let n = self.servers.len();
         for step in 1..=n {
             let i = (self.rr_cursor + step) % n;

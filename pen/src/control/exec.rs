@@ -1,47 +1,337 @@
-//! Running a parsed command against the balancer, and the exact reply text pen 0.34.1 gives.
+//! Running a parsed command against the balancer and the shell's configuration, and the exact
+//! reply text pen 0.34.1 gives.
 
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::{Command, ControlError, ServerChange};
-use crate::addr::{self, Backend};
-use crate::balancer::{Balancer, FastClose, Server, ServerId, Settings, Target};
+use super::{
+    file, Action, Command, Context, ControlError, Origin, ServerAddress, ServerChange, Toggle,
+};
+use crate::addr::{Backend, ListenAddr};
+use crate::balancer::{AclId, Balancer, ClientKey, ConnState, Server, ServerId, Settings, Target};
 
-/// Run `cmd` and return its reply (often empty, as in pen). On error nothing was changed.
-/// `default_port` is the listener's port, given to a server whose address is set without one.
+/// The configuration that lives in the shell rather than the balancer: the shell keeps one,
+/// hands a copy to each command (or to a whole config file, as one transaction) and keeps the
+/// changed copy when the command succeeds, then performs the returned [`Action`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostView {
+    pub pid: u32,
+    /// `-C` as given; None without a control port.
+    pub control: Option<String>,
+    /// None until the command line or config file names one.
+    pub listen: Option<ListenAddr>,
+    /// The listener as the operator wrote it (`listen` replies with it, as pen does).
+    pub listen_text: Option<String>,
+    pub conn_max: usize,
+    pub debug: u8,
+    /// `-X`
+    pub exit_enabled: bool,
+    /// The request log as `log` shows it: a file name or `HOST:PORT`.
+    pub log: Option<String>,
+    pub web_stats: Option<PathBuf>,
+    /// `-F`: the file HUP re-reads and `write` writes by default.
+    pub config_file: Option<PathBuf>,
+    /// `control_files DIR`: the only directory control-port commands may name files in.
+    pub control_files: Option<PathBuf>,
+    /// The command-line flags `write` records in its header comment (` -f -X -c 4096 ...`).
+    pub write_flags: String,
+    pub abort_on_error: bool,
+    pub pending_max: usize,
+    pub dsr_if: Option<String>,
+    pub dsr_ip: Option<IpAddr>,
+    pub tarpit_acl: Option<AclId>,
+    /// `idlers N`: idle upstream connections to keep open.
+    pub idlers: usize,
+}
+
+impl HostView {
+    pub fn new(listen: Option<ListenAddr>, conn_max: usize) -> HostView {
+        HostView {
+            pid: std::process::id(),
+            control: None,
+            listen_text: listen.as_ref().map(ToString::to_string),
+            listen,
+            conn_max,
+            debug: 0,
+            exit_enabled: false,
+            log: None,
+            web_stats: None,
+            config_file: None,
+            control_files: None,
+            write_flags: String::new(),
+            abort_on_error: false,
+            pending_max: 100,
+            dsr_if: None,
+            dsr_ip: None,
+            tarpit_acl: None,
+            idlers: 0,
+        }
+    }
+}
+
+/// A command's reply, and what the shell must do for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub reply: String,
+    pub action: Option<Action>,
+}
+
+impl From<String> for Outcome {
+    fn from(reply: String) -> Outcome {
+        Outcome {
+            reply,
+            action: None,
+        }
+    }
+}
+
+/// Run `cmd`. On error nothing was changed.
 pub fn execute(
     cmd: &Command,
     b: &mut Balancer,
-    now: Instant,
-    default_port: Option<u16>,
-) -> Result<String, ControlError> {
+    host: &mut HostView,
+    ctx: &Context,
+) -> Result<Outcome, ControlError> {
+    check_origin(cmd, host, ctx.origin)?;
     if let Some(reply) = execute_setting(cmd, &mut b.settings) {
-        return Ok(reply);
+        return Ok(reply.into());
     }
-    let reply = match cmd {
+    let act = |reply: String, action: Action| Outcome {
+        reply,
+        action: Some(action),
+    };
+    let outcome = match cmd {
+        Command::Acl { list, entry } => {
+            b.acls.add(*list, *entry)?;
+            Outcome::default()
+        }
+        Command::NoAcl(list) => {
+            b.acls.clear(*list);
+            Outcome::default()
+        }
         Command::ClientsMax(v) => {
             if let Some(n) = v.and_then(NonZeroUsize::new) {
                 b.grow_clients(n);
             }
-            format!("{}\n", b.clients().capacity())
+            format!("{}\n", b.clients().capacity()).into()
         }
-        Command::Servers => servers(b),
+        Command::Close(id) => {
+            if b.conn(*id).is_none() {
+                return Err(ControlError::NoConnection(id.0));
+            }
+            act(
+                format!("Forcibly closing connection {}\n", id.0),
+                Action::Close(*id),
+            )
+        }
+        Command::Connection(id) => connection(b, host, id.0).into(),
+        Command::ConnMax(v) => match v {
+            Some(n) => {
+                host.conn_max = *n;
+                act(format!("{n}\n"), Action::ConnMax(*n))
+            }
+            None => format!("{}\n", host.conn_max).into(),
+        },
+        Command::Control => format!("{}\n", host.control.as_deref().unwrap_or("(null)")).into(),
+        Command::ControlFiles(dir) => {
+            host.control_files = Some(dir.clone());
+            Outcome::default()
+        }
+        Command::Debug(v) => match v {
+            Some(n) => {
+                host.debug = *n;
+                act(format!("{n}\n"), Action::Debug(*n))
+            }
+            None => format!("{}\n", host.debug).into(),
+        },
+        Command::Toggle(Toggle::AbortOnError, on) => {
+            host.abort_on_error = *on;
+            Outcome::default()
+        }
+        Command::DsrIf(name) => {
+            host.dsr_if = Some(name.clone());
+            Outcome::default()
+        }
+        Command::DsrIp(ip) => {
+            host.dsr_ip = Some(*ip);
+            Outcome::default()
+        }
+        Command::Exit => {
+            if !host.exit_enabled {
+                return Ok("Exit is not enabled; restart with -X flag\n"
+                    .to_string()
+                    .into());
+            }
+            act(String::new(), Action::Exit)
+        }
+        Command::Include(path) => {
+            return Err(ControlError::Refused {
+                command: "include",
+                reason: format!("{}: include is read by the config reader", path.display()),
+            })
+        }
+        Command::Listen(addr) => match addr {
+            Some((text, a)) => {
+                host.listen = Some(a.clone());
+                host.listen_text = Some(text.clone());
+                act(format!("{text}\n"), Action::Listen(a.clone()))
+            }
+            None => format!("{}\n", host.listen_text.as_deref().unwrap_or("(null)")).into(),
+        },
+        Command::Log(v) => match v {
+            Some(target) => {
+                host.log = Some(target.clone());
+                act(format!("{target}\n"), Action::Log(target.clone()))
+            }
+            None => host
+                .log
+                .as_ref()
+                .map(|l| format!("{l}\n"))
+                .unwrap_or_default()
+                .into(),
+        },
+        Command::NoLog => {
+            host.log = None;
+            act(String::new(), Action::NoLog)
+        }
+        Command::Idlers(v) => {
+            // pen replies with the numbers before the change.
+            let reply = format!("Idlers: {}/{}\n", b.idlers(), host.idlers);
+            match v {
+                Some(n) => {
+                    host.idlers = *n;
+                    act(reply, Action::Idlers(*n))
+                }
+                None => reply.into(),
+            }
+        }
+        Command::PendingMax(n) => {
+            host.pending_max = *n;
+            Outcome::default()
+        }
+        Command::Pid => format!("{}\n", host.pid).into(),
+        Command::Recent(window) => recent(b, ctx, *window).into(),
+        Command::Servers => servers(b).into(),
         Command::Server { index, changes } => {
-            let server = changed_server(b, *index, changes, now, default_port)?;
+            let server = changed_server(b, *index, changes, ctx)?;
             b.replace_server(ServerId(*index), server);
-            String::new()
+            Outcome::default()
+        }
+        Command::Socket(fd) => {
+            let owner = b
+                .conns()
+                .find(|(_, c)| {
+                    let (down, up) = c.counters.fds();
+                    i64::from(down) == *fd || i64::from(up) == *fd
+                })
+                .map_or(-1, |(id, _)| id.0 as i64);
+            format!("Socket {fd} belongs to connection {owner}\n").into()
+        }
+        Command::TarpitAcl(v) => {
+            if let Some(v) = v {
+                host.tarpit_acl = *v;
+            }
+            // pen sends this one without a newline.
+            format!(
+                "tarpit_acl = {}",
+                host.tarpit_acl.map_or(-1, |a| a.index() as i64)
+            )
+            .into()
+        }
+        Command::WebStats(v) => {
+            if let Some(p) = v {
+                host.web_stats = Some(p.clone());
+            }
+            host.web_stats
+                .as_ref()
+                .map(|p| format!("{}\n", p.display()))
+                .unwrap_or_default()
+                .into()
+        }
+        Command::NoWebStats => {
+            host.web_stats = None;
+            Outcome::default()
+        }
+        Command::Write(path) => {
+            let Some(path) = path.clone().or_else(|| host.config_file.clone()) else {
+                return Err(ControlError::Missing {
+                    command: "write",
+                    what: "file name (and pen has no -F file)",
+                });
+            };
+            let contents = file::render(b, host, ctx, &path);
+            act(
+                String::new(),
+                Action::WriteFile {
+                    on_error: format!("write: cannot write {}\n", path.display()),
+                    path,
+                    contents,
+                },
+            )
+        }
+        Command::Status | Command::Snapshot => {
+            return Err(ControlError::Refused {
+                command: if matches!(cmd, Command::Status) {
+                    "status"
+                } else {
+                    "snapshot"
+                },
+                reason: "statistics are answered by the control server".into(),
+            })
         }
         other => unreachable!("{other:?} is a setting, handled above"),
     };
-    Ok(reply)
+    Ok(outcome)
+}
+
+/// Commands that name files: from the control port only inside `control_files`.
+pub fn check_origin(cmd: &Command, host: &HostView, origin: Origin) -> Result<(), ControlError> {
+    if origin != Origin::ControlPort {
+        return Ok(());
+    }
+    if matches!(cmd, Command::ControlFiles(_)) {
+        return Err(ControlError::Refused {
+            command: "control_files",
+            reason: "only the command line and the config file may set it".into(),
+        });
+    }
+    let Some(path) = cmd.file() else {
+        return Ok(());
+    };
+    let allowed = host
+        .control_files
+        .as_deref()
+        .is_some_and(|dir| is_inside(dir, &path));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ControlError::Refused {
+            command: "control port",
+            reason: format!(
+                "'{}': file names are only accepted over the control port inside the \
+                 directory set with 'control_files DIR' (pen -o)",
+                path.display()
+            ),
+        })
+    }
+}
+
+/// Is `path` lexically inside `dir` (no `..`, absolute, under it)?
+fn is_inside(dir: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    path.is_absolute()
+        && path.starts_with(dir)
+        && !path.components().any(|c| matches!(c, Component::ParentDir))
 }
 
 /// Run a command that only touches settings (no server or client table); None for the others.
 /// The command line uses this to apply `-o` in order with the other options.
 pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
     let reply = match cmd {
-        Command::Nothing | Command::IgnoredNo => String::new(),
+        Command::Nothing | Command::IgnoredNo | Command::EventLoop(_) => String::new(),
         Command::Blacklist(v) => get_set_secs(&mut s.blacklist_time, *v),
         Command::Timeout(v) => get_set_secs(&mut s.connect_timeout, *v),
         Command::Tracking(v) => get_set_secs(&mut s.tracking, *v),
@@ -51,13 +341,40 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
             }
             format!("Idle timeout: {} seconds\n", s.idle_timeout.as_secs())
         }
-        Command::Hash(on) => flag(&mut s.hash, *on),
-        Command::Keepalive(on) => flag(&mut s.keepalive, *on),
-        Command::Prio(on) => flag(&mut s.prio, *on),
-        Command::Roundrobin(on) => flag(&mut s.roundrobin, *on),
-        Command::Stubborn(on) => flag(&mut s.stubborn, *on),
-        Command::TcpNodelay(on) => flag(&mut s.tcp_nodelay, *on),
-        Command::Weight(on) => flag(&mut s.weight, *on),
+        Command::ClientAcl(v) => {
+            if let Some(v) = v {
+                s.client_acl = *v;
+            }
+            format!("{}\n", s.client_acl)
+        }
+        Command::ControlAcl(v) => {
+            if let Some(v) = v {
+                s.control_acl = *v;
+            }
+            format!("{}\n", s.control_acl)
+        }
+        Command::Toggle(t, on) => {
+            let field = match t {
+                Toggle::AbortOnError => return None,
+                Toggle::Ascii => &mut s.ascii,
+                Toggle::Dummy => &mut s.dummy,
+                Toggle::Hash => &mut s.hash,
+                Toggle::Http => &mut s.http,
+                Toggle::Keepalive => &mut s.keepalive,
+                Toggle::Prio => &mut s.prio,
+                Toggle::Roundrobin => &mut s.roundrobin,
+                Toggle::Stubborn => &mut s.stubborn,
+                Toggle::TcpNodelay => &mut s.tcp_nodelay,
+                Toggle::Transparent => &mut s.transparent,
+                Toggle::Weight => &mut s.weight,
+            };
+            *field = *on;
+            String::new()
+        }
+        Command::Source(ip) => {
+            s.source = *ip;
+            String::new()
+        }
         Command::TcpFastclose(f) => {
             s.fastclose = *f;
             String::new()
@@ -73,9 +390,15 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
                 no(s.prio)
             )
         }
+        Command::Peek(true) => {
+            "peek: not supported (pen 0.34.1 never finished it; it only swallowed client data)\n"
+                .to_string()
+        }
+        Command::Peek(false) => String::new(),
         Command::NotAvailable(what) => format!("{what}: not available in this version of pen\n"),
         Command::Unknown(word) => format!("do_cmd: ignoring command starting with '{word}'\n"),
-        Command::ClientsMax(_) | Command::Servers | Command::Server { .. } => return None,
+        Command::Ignored(what) => format!("do_cmd: ignoring {what}\n"),
+        _ => return None,
     };
     Some(reply)
 }
@@ -85,11 +408,6 @@ fn get_set_secs(field: &mut Duration, value: Option<Duration>) -> String {
         *field = v;
     }
     format!("{}\n", field.as_secs())
-}
-
-fn flag(field: &mut bool, on: bool) -> String {
-    *field = on;
-    String::new()
 }
 
 /// pen's `servers` listing, one line per regular slot, with live byte counts.
@@ -110,31 +428,83 @@ fn servers(b: &Balancer) -> String {
     out
 }
 
+/// pen's number for a target: the server index, -1 emergency, -2 abuse.
+pub(super) fn target_number(t: Option<Target>) -> i64 {
+    match t {
+        Some(Target::Server(id)) => id.0 as i64,
+        Some(Target::Emergency) => -1,
+        Some(Target::Abuse) => -2,
+        None => -1,
+    }
+}
+
+fn connection(b: &Balancer, host: &HostView, n: usize) -> String {
+    if n >= host
+        .conn_max
+        .max(b.conns().map(|(id, _)| id.0 + 1).max().unwrap_or(0))
+    {
+        return format!("Connection {n} out of range\n");
+    }
+    let Some(c) = b.conn(crate::balancer::ConnId(n)) else {
+        return format!(
+            "Connection {n}:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n"
+        );
+    };
+    let (down, up) = c.counters.fds();
+    let state = match c.state {
+        ConnState::Connecting => 1,
+        ConnState::Connected => 2,
+    };
+    let client = b.clients().peek(&c.client).map_or(-1, |e| e.slot as i64);
+    format!(
+        "Connection {n}:\nstate = {state}\ndownfd = {down}, upfd = {up}\nclient = {client}, server = {}\npend = 0\n",
+        target_number(c.target)
+    )
+}
+
+/// Clients seen within `window`, most recent first.
+fn recent(b: &Balancer, ctx: &Context, window: Duration) -> String {
+    let mut out = String::new();
+    for (key, e) in b.clients().iter() {
+        if ctx.now.saturating_duration_since(e.last_seen) > window {
+            continue;
+        }
+        let addr = match key {
+            ClientKey::Ip(ip) => ip.to_string(),
+            ClientKey::Unix => "unix".to_string(),
+            ClientKey::Idler => continue,
+        };
+        let _ = writeln!(
+            out,
+            "{addr} connects {} sx {} rx {}",
+            e.connects, e.sent, e.received
+        );
+    }
+    out
+}
+
 /// The server slot as it will be after `changes`, checked completely before anything is set.
 fn changed_server(
     b: &Balancer,
     index: usize,
     changes: &[ServerChange],
-    now: Instant,
-    default_port: Option<u16>,
+    ctx: &Context,
 ) -> Result<Server, ControlError> {
     let mut server = b.servers().get(index).cloned().unwrap_or_default();
     for change in changes {
         match change {
-            ServerChange::Address(host) => {
-                let port = server
-                    .backend
-                    .as_ref()
-                    .map(Backend::port)
-                    .or(default_port)
-                    .unwrap_or(0);
-                server.backend = Some(if host.contains('/') {
-                    Backend::Unix(host.into())
-                } else {
-                    let ip =
-                        addr::resolve(host).map_err(|_| ControlError::BadAddress(host.clone()))?;
-                    Backend::Tcp(std::net::SocketAddr::new(ip, port))
-                });
+            ServerChange::Address(ServerAddress::Unix(path)) => {
+                server.backend = Some(Backend::Unix(path.clone()));
+            }
+            ServerChange::Address(ServerAddress::Ip(ip)) => {
+                let port = match &server.backend {
+                    Some(Backend::Tcp(sa)) => Some(sa.port()),
+                    _ => ctx.default_port,
+                };
+                server.backend = Some(Backend::Tcp(std::net::SocketAddr::new(
+                    *ip,
+                    port.unwrap_or(0),
+                )));
             }
             ServerChange::Port(p) => match &mut server.backend {
                 Some(Backend::Tcp(sa)) => sa.set_port(*p),
@@ -145,8 +515,9 @@ fn changed_server(
             ServerChange::Hard(n) => server.hard = *n,
             ServerChange::Weight(n) => server.weight = *n,
             ServerChange::Prio(n) => server.prio = *n,
+            ServerChange::Acl(a) => server.acl = *a,
             ServerChange::Blacklist(t) => {
-                server.blacklisted_until = (!t.is_zero()).then(|| now + *t);
+                server.blacklisted_until = (!t.is_zero()).then(|| ctx.now + *t);
             }
         }
     }
@@ -159,9 +530,10 @@ fn changed_server(
     Ok(server)
 }
 
-impl FastClose {
+impl crate::balancer::FastClose {
     /// The word `write` and `tcp_fastclose` use.
     pub fn word(self) -> &'static str {
+        use crate::balancer::FastClose;
         match self {
             FastClose::Off => "off",
             FastClose::Up => "up",
@@ -175,14 +547,35 @@ impl FastClose {
 mod tests {
     use super::*;
     use crate::control::parse;
+    use std::time::{Instant, SystemTime};
+
+    fn ctx() -> Context {
+        Context {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+            default_port: Some(8080),
+            origin: Origin::ControlPort,
+        }
+    }
+
+    fn host() -> HostView {
+        HostView::new(
+            Some(ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())),
+            500,
+        )
+    }
 
     fn run(b: &mut Balancer, line: &str) -> Result<String, ControlError> {
-        execute(&parse(line)?, b, Instant::now(), Some(8080))
+        execute(&parse(line)?, b, &mut host(), &ctx()).map(|o| o.reply)
+    }
+
+    fn balancer() -> Balancer {
+        Balancer::new(Default::default(), NonZeroUsize::new(2048).unwrap())
     }
 
     #[test]
     fn replies_are_pens() {
-        let mut b = Balancer::new(Default::default(), NonZeroUsize::new(2048).unwrap());
+        let mut b = balancer();
         assert_eq!(run(&mut b, "blacklist").unwrap(), "30\n");
         assert_eq!(run(&mut b, "blacklist 5").unwrap(), "5\n");
         assert_eq!(run(&mut b, "timeout").unwrap(), "3\n");
@@ -203,6 +596,30 @@ mod tests {
             "do_cmd: ignoring command starting with 'bogus'\n"
         );
         assert_eq!(
+            run(&mut b, "tcp_fastclose").unwrap(),
+            "do_cmd: ignoring tcp_fastclose without argument\n"
+        );
+        assert_eq!(run(&mut b, "client_acl 3").unwrap(), "3\n");
+        assert_eq!(run(&mut b, "control_acl").unwrap(), "0\n");
+        assert_eq!(run(&mut b, "tarpit_acl").unwrap(), "tarpit_acl = -1");
+        assert_eq!(run(&mut b, "control").unwrap(), "(null)\n");
+        assert_eq!(
+            run(&mut b, "exit").unwrap(),
+            "Exit is not enabled; restart with -X flag\n"
+        );
+        assert_eq!(
+            run(&mut b, "connection 499").unwrap(),
+            "Connection 499:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n"
+        );
+        assert_eq!(
+            run(&mut b, "connection 500").unwrap(),
+            "Connection 500 out of range\n"
+        );
+        assert_eq!(
+            run(&mut b, "socket 9").unwrap(),
+            "Socket 9 belongs to connection -1\n"
+        );
+        assert_eq!(
             run(&mut b, "server 1 address 127.0.0.1 port 9001 weight 3").unwrap(),
             ""
         );
@@ -214,12 +631,61 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_server_command_changes_nothing() {
-        let mut b = Balancer::new(Default::default(), NonZeroUsize::new(8).unwrap());
+    fn a_failing_command_changes_nothing() {
+        let mut b = balancer();
         run(&mut b, "server 0 address 127.0.0.1 port 9001").unwrap();
         let before = run(&mut b, "servers").unwrap();
-        assert!(run(&mut b, "server 0 weight 5 address nonexistent.invalid").is_err());
         assert!(run(&mut b, "server 3 port 80").is_err());
+        assert!(
+            run(&mut b, "close 0").is_err(),
+            "an unused slot is not closed"
+        );
         assert_eq!(run(&mut b, "servers").unwrap(), before);
+    }
+
+    /// Reliability catalogue S7: no file names over the control port unless confined.
+    #[test]
+    fn control_port_file_names_are_confined() {
+        let mut b = balancer();
+        for line in [
+            "write /tmp/x/evil",
+            "log /tmp/x/keys",
+            "web_stats /tmp/x/victim",
+            "include /etc/shadow",
+            "listen /tmp/x/victim",
+            "control_files /",
+        ] {
+            let e = run(&mut b, line).unwrap_err().to_string();
+            assert!(e.contains("control"), "{line}: {e}");
+        }
+        let mut h = host();
+        h.control_files = Some("/var/lib/pen".into());
+        let ok = execute(
+            &parse("web_stats /var/lib/pen/s.html").unwrap(),
+            &mut b,
+            &mut h,
+            &ctx(),
+        );
+        assert!(ok.is_ok());
+        let escape = parse("web_stats /var/lib/pen/../../../etc/passwd").unwrap();
+        assert!(execute(&escape, &mut b, &mut h, &ctx()).is_err());
+        assert_eq!(h.web_stats, Some("/var/lib/pen/s.html".into()));
+        // The network log names no file.
+        assert_eq!(
+            run(&mut b, "log 127.0.0.1:9999").unwrap(),
+            "127.0.0.1:9999\n"
+        );
+    }
+
+    #[test]
+    fn acls_and_server_acls() {
+        let mut b = balancer();
+        run(&mut b, "acl 1 permit 127.0.0.2").unwrap();
+        run(&mut b, "acl 1 deny ::1/128").unwrap();
+        assert_eq!(b.acls.entries(AclId::new(1).unwrap()).len(), 2);
+        run(&mut b, "server 0 address 127.0.0.1 port 9 acl 1").unwrap();
+        assert_eq!(b.servers()[0].acl, AclId::new(1).unwrap());
+        run(&mut b, "no acl 1").unwrap();
+        assert!(b.acls.entries(AclId::new(1).unwrap()).is_empty());
     }
 }

@@ -1,0 +1,307 @@
+//! The control plane: runs control commands from every origin (the control port, `include`,
+//! the config file at startup and on HUP) against the balancer and the shell's configuration,
+//! then does what they ask of the shell (rebind the listener, resize the connection limit,
+//! close a connection, write a file, exit).
+//!
+//! Locks: the balancer lock (`Shared`) and `host` are only ever taken in that order, each for
+//! the length of a synchronous closure; DNS lookups, file reads and file writes happen before or
+//! after, never under either lock, so a slow control client or disk never delays a connection.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{watch, Notify, Semaphore};
+use tracing::{info, warn};
+
+use crate::addr::ListenAddr;
+use crate::control::{self, file, Action, Command, Context, ControlError, HostView, Origin};
+use crate::net::BoundListener;
+use crate::proxy::Shared;
+use crate::reqlog::LogTarget;
+
+pub struct Admin {
+    shared: Arc<Shared>,
+    host: Mutex<HostView>,
+    /// The main listener; every data-plane thread follows it (`listen` replaces it).
+    listeners: watch::Sender<Arc<BoundListener>>,
+    backlog: u32,
+    /// `-x` connection slots, and how many permits the semaphore was given in all.
+    slots: Arc<Semaphore>,
+    permits: Mutex<usize>,
+    /// Told by `exit` (with `-X`).
+    pub exit: Notify,
+    /// How many idlers `idlers::maintain` keeps open.
+    pub idlers: watch::Sender<usize>,
+    /// A listener bound by `listen` before the command ran, waiting for its action.
+    prebound: Mutex<Option<(ListenAddr, BoundListener)>>,
+}
+
+impl Admin {
+    pub fn new(
+        shared: Arc<Shared>,
+        host: HostView,
+        listeners: watch::Sender<Arc<BoundListener>>,
+        backlog: u32,
+        slots: Arc<Semaphore>,
+    ) -> Admin {
+        let permits = Mutex::new(host.conn_max);
+        Admin {
+            shared,
+            host: Mutex::new(host),
+            listeners,
+            backlog,
+            slots,
+            permits,
+            exit: Notify::new(),
+            idlers: watch::Sender::new(0),
+            prebound: Mutex::new(None),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn host(&self) -> MutexGuard<'_, HostView> {
+        self.host.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the shell's configuration.
+    pub fn host_view(&self) -> HostView {
+        self.host().clone()
+    }
+
+    fn context(&self, origin: Origin) -> Context {
+        Context {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+            default_port: self
+                .host()
+                .listen
+                .as_ref()
+                .and_then(ListenAddr::default_port),
+            origin,
+        }
+    }
+
+    /// One line from the control port; returns the reply to send. Blocking work (parsing may
+    /// resolve names, `include` reads files) runs on a blocking thread.
+    pub async fn control_line(self: &Arc<Self>, line: String) -> String {
+        let this = self.clone();
+        let job = tokio::task::spawn_blocking(move || this.control_line_blocking(&line));
+        let (reply, actions) = match job.await {
+            Ok(r) => r,
+            Err(e) => (format!("control: internal error: {e}\n"), Vec::new()),
+        };
+        let mut reply = reply;
+        for action in actions {
+            if let Err(text) = self.perform(action) {
+                reply = text;
+            }
+        }
+        reply
+    }
+
+    fn control_line_blocking(&self, line: &str) -> (String, Vec<Action>) {
+        let refuse = |e: ControlError| {
+            warn!("control: {e}");
+            (format!("{e}\n"), Vec::new())
+        };
+        let cmd = match control::parse(line) {
+            Ok(c) => c,
+            Err(e) => return refuse(e),
+        };
+        if let Err(e) = control::check_origin(&cmd, &self.host(), Origin::ControlPort) {
+            return refuse(e);
+        }
+        // `listen`: bind first, so that a port in use changes nothing at all.
+        if let Command::Listen(Some((_, addr))) = &cmd {
+            match BoundListener::bind(addr, self.backlog) {
+                Ok(bound) => {
+                    *self.prebound.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((addr.clone(), bound));
+                }
+                Err(e) => {
+                    return refuse(ControlError::Refused {
+                        command: "listen",
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        match cmd {
+            Command::Include(path) => match self.apply_file(&path, Origin::ControlPort) {
+                Ok(applied) => (applied.replies.concat(), applied.actions),
+                Err(e) => refuse(e),
+            },
+            Command::Status | Command::Snapshot => (
+                format!("{}: not available in this version of pen\n", line.trim()),
+                Vec::new(),
+            ),
+            cmd => {
+                let ctx = self.context(Origin::ControlPort);
+                let done = self.shared.with(|b| {
+                    let mut host = self.host();
+                    control::execute(&cmd, b, &mut host, &ctx)
+                });
+                match done {
+                    Ok(o) => (o.reply, o.action.into_iter().collect()),
+                    Err(e) => refuse(e),
+                }
+            }
+        }
+    }
+
+    /// Read a config file (outside the locks) and apply it as one transaction.
+    pub fn apply_file(&self, path: &Path, origin: Origin) -> Result<file::Applied, ControlError> {
+        let lines = file::read(path)?;
+        let ctx = self.context(origin);
+        self.shared.with(|b| {
+            let mut host = self.host();
+            file::apply(&lines, b, &mut host, &ctx)
+        })
+    }
+
+    /// SIGHUP: re-read the `-F` file. On any error the old configuration stays in force.
+    pub fn reload(&self) {
+        let Some(path) = self.host().config_file.clone() else {
+            info!("SIGHUP: no configuration file (-F) to re-read");
+            return;
+        };
+        let listening = {
+            let h = self.host();
+            (h.listen.clone(), h.listen_text.clone())
+        };
+        match self.apply_file(&path, Origin::ConfigFile) {
+            Ok(applied) => {
+                for action in applied.actions {
+                    let relisten = matches!(action, Action::Listen(_));
+                    if let Err(e) = self.perform(action) {
+                        warn!("{}: {}", path.display(), e.trim_end());
+                        if relisten {
+                            let mut h = self.host();
+                            (h.listen, h.listen_text) = listening.clone();
+                        }
+                    }
+                }
+                info!("SIGHUP: re-read {}", path.display());
+            }
+            Err(e) => warn!("SIGHUP: {e}; keeping the running configuration"),
+        }
+    }
+
+    /// Do what a command asked of the shell. Err is the reply to send instead.
+    pub fn perform(&self, action: Action) -> Result<(), String> {
+        match action {
+            Action::Listen(addr) => {
+                let prebound = self
+                    .prebound
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .filter(|(a, _)| *a == addr)
+                    .map(|(_, b)| b);
+                let bound = match prebound {
+                    Some(b) => b,
+                    None => BoundListener::bind(&addr, self.backlog).map_err(|e| {
+                        // The old listener stays.
+                        warn!("listen: {e}");
+                        format!("listen: {e}\n")
+                    })?,
+                };
+                info!("listening on {addr}");
+                self.listeners.send_replace(Arc::new(bound));
+            }
+            Action::ConnMax(n) => self.resize(n),
+            Action::Debug(n) => crate::logging::set_debug(n),
+            Action::Idlers(n) => {
+                self.idlers.send_replace(n);
+            }
+            Action::Close(id) => {
+                if let Some(c) = self.shared.with(|b| b.conn(id).map(|c| c.counters.clone())) {
+                    c.abort.notify_one();
+                }
+            }
+            Action::Exit => self.exit.notify_one(),
+            Action::Log(target) => {
+                // Resolves a name or opens a file: the control plane's thread, never a
+                // data-plane one. On failure the log keeps going where it went.
+                let opened = LogTarget::parse(&target).and_then(|t| self.shared.reqlog.set(t));
+                if let Err(e) = opened {
+                    warn!("log: {e}");
+                    self.host().log = self.shared.reqlog.target().map(|t| t.to_string());
+                    return Err(format!("log: {e}\n"));
+                }
+            }
+            Action::NoLog => self.shared.reqlog.stop(),
+            Action::WriteFile {
+                path,
+                contents,
+                on_error,
+            } => {
+                if let Err(e) = write_atomically(&path, contents.as_bytes()) {
+                    warn!("{}: {e}", path.display());
+                    return Err(on_error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `conn_max N`: the accept loops stop taking connections beyond N. Connections already
+    /// open above a lowered limit keep running; the limit catches up as they close.
+    fn resize(&self, n: usize) {
+        let mut total = self.permits.lock().unwrap_or_else(|e| e.into_inner());
+        if n > *total {
+            self.slots.add_permits(n - *total);
+        } else if n < *total {
+            let cut = *total - n;
+            let now = self.slots.forget_permits(cut);
+            if now < cut {
+                let slots = self.slots.clone();
+                let rest = u32::try_from(cut - now).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = slots.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *total = n;
+    }
+}
+
+/// Write a file pen produces (config, statistics) so that readers never see half of it and a
+/// symlink at `path` is replaced rather than followed: a new file next to it, created
+/// exclusively and without following links, mode 0644, then renamed over `path`.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

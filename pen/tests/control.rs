@@ -1,0 +1,529 @@
+//! The control port against the running daemon, over raw sockets: replies, changes taking
+//! effect on traffic, ACLs, the config file and HUP, and the robustness cases of the reliability
+//! catalogue (B1-B5, S1-S3, S6-S7, D6-D7).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use support::control::{ctl, user_args, Controlled};
+use support::*;
+
+#[test]
+fn getters_and_setters_reply_as_pen_does() {
+    let a = Backend::named("a");
+    let c = Controlled::start(&[], &[a.spec()]);
+    let cases = [
+        ("blacklist", "30\n"),
+        ("blacklist 7", "7\n"),
+        ("timeout 5", "5\n"),
+        ("tracking", "0\n"),
+        ("idle_timeout 0", "Idle timeout: 0 seconds\n"),
+        (
+            "mode",
+            "no hash no roundrobin no stubborn no weight no prio\n",
+        ),
+        ("hash", ""),
+        ("mode", "hash no roundrobin no stubborn no weight no prio\n"),
+        ("no hash", ""),
+        ("client_acl", "0\n"),
+        ("control_acl", "0\n"),
+        ("tarpit_acl", "tarpit_acl = -1"),
+        ("clients_max", "2048\n"),
+        ("exit", "Exit is not enabled; restart with -X flag\n"),
+        ("bogus", "do_cmd: ignoring command starting with 'bogus'\n"),
+        ("block", "do_cmd: ignoring command starting with 'block'\n"),
+        ("no block", ""),
+        (
+            "tcp_fastclose",
+            "do_cmd: ignoring tcp_fastclose without argument\n",
+        ),
+        ("epoll", ""),
+        ("# a comment", ""),
+        (
+            "connection 3",
+            "Connection 3:\nstate = 0\ndownfd = -1, upfd = -1\nclient = 0, server = 0\npend = 0\n",
+        ),
+        ("socket 12345", "Socket 12345 belongs to connection -1\n"),
+    ];
+    for (cmd, want) in cases {
+        assert_eq!(c.ctl(cmd), want, "{cmd}");
+    }
+    assert_eq!(c.ctl("pid"), format!("{}\n", c.pen.pid()));
+    assert_eq!(c.ctl("control"), format!("{}\n", c.control));
+    assert_eq!(
+        c.ctl("servers"),
+        format!(
+            "0 addr 127.0.0.1 port {} conn 0 max 0 hard 0 weight 0 prio 0 sx 0 rx 0\n",
+            a.port()
+        )
+    );
+    c.pen.finish();
+}
+
+#[test]
+fn server_changes_apply_at_once_and_keep_open_connections() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let c = Controlled::start(&["-r"], &[a.spec()]);
+    let (name, mut held) = c.pen.hold_from(2);
+    assert_eq!(name, "a");
+    assert_eq!(
+        c.ctl(&format!("server 0 address 127.0.0.1 port {}", b.port())),
+        ""
+    );
+    assert_eq!(
+        c.pen.ask_from(3),
+        "b",
+        "new connections go to the new address"
+    );
+    // The connection opened before the change is still open to a.
+    assert_eq!(a.open_connections(), 1, "the open connection was dropped");
+    held.write_all(b"x").unwrap();
+    // Growing the table, then blacklisting.
+    c.ctl(&format!(
+        "server 3 address 127.0.0.1 port {} weight 2",
+        a.port()
+    ));
+    let servers = c.ctl("servers");
+    assert_eq!(servers.lines().count(), 4, "{servers}");
+    assert!(servers.contains("1 addr 0.0.0.0 port 0"), "{servers}");
+    c.ctl("server 0 blacklist 60");
+    for n in 4..8 {
+        assert_eq!(c.pen.ask_from(n), "a", "server 0 blacklisted");
+    }
+    drop(held);
+    c.pen.finish();
+}
+
+#[test]
+fn denied_clients_go_to_the_abuse_server_and_never_to_the_emergency_server() {
+    let (a, abuse, emergency) = (
+        Backend::named("a"),
+        Backend::named("abuse"),
+        Backend::named("emergency"),
+    );
+    // Without -B, a denied client is closed even though -e is set (pen 0.34.1 bug B11).
+    let c = Controlled::start(&["-e", &emergency.spec()], &[a.spec()]);
+    c.ctl("acl 1 deny 127.0.0.5 255.255.255.255");
+    c.ctl("client_acl 1");
+    let mut s = c.pen.connect_from(5);
+    assert!(ask(&mut s).is_err(), "denied client was served");
+    assert_eq!(c.pen.ask_from(6), "a");
+    // Entries are masked: 1.2.3.4 255.255.0.0 matches 1.2.x.x (bug B15).
+    c.ctl("no acl 1");
+    c.ctl("acl 1 deny 127.0.9.9 255.255.0.0");
+    let mut s = c.pen.connect_from(5);
+    assert!(ask(&mut s).is_err(), "masked deny entry did not match");
+    c.pen.finish();
+
+    let c = Controlled::start(&["-B", &abuse.spec()], &[a.spec()]);
+    c.ctl("acl 2 permit 127.0.0.7");
+    c.ctl("client_acl 2");
+    assert_eq!(c.pen.ask_from(7), "a");
+    assert_eq!(
+        c.pen.ask_from(8),
+        "abuse",
+        "permit-only list denies the rest"
+    );
+    // A server ACL: server 0 takes only 127.0.0.7; others fail over to nothing and close.
+    c.ctl("client_acl 0");
+    c.ctl("server 0 acl 2");
+    assert_eq!(c.pen.ask_from(7), "a");
+    let mut s = c.pen.connect_from(9);
+    assert!(ask(&mut s).is_err(), "server ACL let 127.0.0.9 in");
+    c.pen.finish();
+}
+
+/// Reliability catalogue S1: a denied control peer is closed with nothing executed.
+#[test]
+fn control_acl_denies_without_executing() {
+    let a = Backend::named("a");
+    let c = Controlled::start(&[], &[a.spec()]);
+    c.ctl("acl 3 permit 127.0.0.2");
+    assert_eq!(c.ctl_from(2, "control_acl 3").unwrap(), "3\n");
+    let denied = c.ctl_from(3, "blacklist 99");
+    assert!(
+        denied.as_ref().map_or(true, String::is_empty),
+        "denied peer got {denied:?}"
+    );
+    assert_eq!(
+        c.ctl_from(2, "blacklist").unwrap(),
+        "30\n",
+        "nothing executed"
+    );
+    wait_until("the denial is logged", Duration::from_secs(5), || {
+        c.pen
+            .stderr_text()
+            .contains("denied by control_acl 3")
+            .then_some(())
+    });
+    c.pen.finish();
+}
+
+/// Reliability catalogue B1: malformed commands get one error line and change nothing.
+#[test]
+fn malformed_commands_change_nothing() {
+    let a = Backend::named("a");
+    let c = Controlled::start(&[], &[a.spec()]);
+    let before = (c.ctl("servers"), c.ctl("mode"), c.ctl("blacklist"));
+    for cmd in [
+        "   ",
+        "source",
+        "server",
+        "server abc port x",
+        "server -1 port 1",
+        "server 2147483647 port 1",
+        "server 100000000 port 1",
+        "conn_max 99999999999",
+        "clients_max 4294967296",
+        "control_acl 10",
+        "acl 10 permit 1.2.3.4",
+        "acl 1 permit ::1/200",
+        "blacklist -5",
+        "socket 999999999999",
+        "close -1",
+        "close 7",
+        "no acl",
+        "ssl_client_renegotiation_interval",
+        "ssl_ocsp_response",
+        "listen bogus.invalid:1",
+        "server 0 address nonexistent.invalid",
+    ] {
+        let reply = c.ctl(cmd);
+        assert!(reply.lines().count() <= 1, "{cmd}: {reply:?}");
+    }
+    assert_eq!(
+        (c.ctl("servers"), c.ctl("mode"), c.ctl("blacklist")),
+        before
+    );
+    assert_eq!(c.pen.ask_from(2), "a");
+    c.pen.finish();
+}
+
+/// Reliability catalogue B2, B3, B5: overlong and binary input, silent and slow clients,
+/// fragmented commands. The data plane keeps working throughout.
+#[test]
+fn hostile_control_clients_are_cut_off_and_never_delay_traffic() {
+    let a = Backend::named("a");
+    let c = Controlled::start(&[], &[a.spec()]);
+    // A silent client and a one-byte-a-second client, held open during the rest.
+    let silent = TcpStream::connect(c.control).unwrap();
+    let mut slow = TcpStream::connect(c.control).unwrap();
+    slow.write_all(b"b").unwrap();
+    // 1 MiB without a newline.
+    let mut big = TcpStream::connect(c.control).unwrap();
+    big.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = big.write_all(&vec![b'x'; 1 << 20]);
+    let mut reply = String::new();
+    let _ = big.read_to_string(&mut reply);
+    assert!(
+        reply.is_empty() || reply.contains("longer than"),
+        "overlong: {reply:?}"
+    );
+    // Binary garbage with NULs.
+    let garbage: Vec<u8> = pattern(7, 65536).iter().map(|b| b % 7).collect();
+    let mut g = TcpStream::connect(c.control).unwrap();
+    g.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let _ = g.write_all(&garbage);
+    let mut reply = Vec::new();
+    let _ = g.read_to_end(&mut reply);
+    assert!(reply.len() < 200, "garbage got {} bytes", reply.len());
+    // Data plane and other control clients unaffected.
+    let t = Instant::now();
+    assert_eq!(c.pen.ask_from(2), "a");
+    assert_eq!(c.ctl("blacklist"), "30\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "delayed {:?}",
+        t.elapsed()
+    );
+    // A command split over three writes runs once, correctly.
+    let mut f = TcpStream::connect(c.control).unwrap();
+    f.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    for part in ["server 0 bla", "cklist 3", "0\n"] {
+        f.write_all(part.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut reply = String::new();
+    f.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "");
+    // Blacklisted: with one server and no -e, clients are refused now.
+    let mut s = c.pen.connect_from(3);
+    assert!(ask(&mut s).is_err());
+    c.ctl("server 0 blacklist 0");
+    assert_eq!(c.pen.ask_from(3), "a");
+    // The silent and slow clients are cut off within the control timeout (10 s).
+    for (name, mut s) in [("silent", silent), ("slow", slow)] {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{name} got a reply");
+        assert!(
+            t.elapsed() < Duration::from_secs(14),
+            "{name} held {:?}",
+            t.elapsed()
+        );
+    }
+    c.pen.finish();
+}
+
+/// Reliability catalogue S2, S3: loopback-only bare port, 0600 Unix socket, root needs -u.
+#[test]
+fn control_port_binding_rules() {
+    let a = Backend::named("a");
+    let dir = TempDir::new("ctl");
+    let sock = dir.join("pen.ctl");
+    let sock_arg = sock.display().to_string();
+    let user = user_args();
+    let pen = Pen::spawn(
+        Listen::V4,
+        &["sh", "-c", "umask 000; exec \"$0\" \"$@\""],
+        |l| {
+            let mut v = vec!["-f".to_string(), "-C".into(), sock_arg.clone()];
+            v.extend(user.iter().cloned());
+            v.push(l.to_string());
+            v.push(a.spec());
+            v
+        },
+    );
+    wait_until("the control socket", Duration::from_secs(5), || {
+        sock.exists().then_some(())
+    });
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o} under umask 000");
+    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    u.write_all(b"blacklist\n").unwrap();
+    let mut out = String::new();
+    u.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "30\n");
+    pen.finish();
+
+    // A bare port binds 127.0.0.1 only.
+    let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut args = vec!["-C".to_string(), port.to_string()];
+    args.extend(user_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pen = Pen::start(&args, &[a.spec()]);
+    wait_until("the control port", Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    assert!(listening.contains(&local), "not bound to 127.0.0.1");
+    assert!(
+        !listening.contains(&format!("00000000:{port:04X}")),
+        "bound to 0.0.0.0"
+    );
+    pen.finish();
+
+    // As root, no control port without -u.
+    if user_args().is_empty() {
+        return; // not root: pen may open it (checked above)
+    }
+    let port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+    let pen = Pen::start(&["-C", &port.to_string()], &[a.spec()]);
+    wait_until("the refusal", Duration::from_secs(5), || {
+        pen.stderr_text()
+            .contains("Won't open control port running as root; use -u to run as different user")
+            .then_some(())
+    });
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    pen.finish();
+}
+
+/// Reliability catalogue D6, D7: HUP re-reads the file as one transaction; open connections
+/// survive it; a bad file keeps the old configuration.
+#[test]
+fn hup_rereads_the_config_file_atomically() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let dir = TempDir::new("cfg");
+    let cfg = dir.join("pen.cfg");
+    let server =
+        |n: usize, be: &Backend| format!("server {n} address 127.0.0.1 port {}", be.port());
+    std::fs::write(
+        &cfg,
+        format!("{}\nblacklist 11\nacl 1 deny 127.0.0.9\n", server(0, &a)),
+    )
+    .unwrap();
+    let cfg_arg = cfg.display().to_string();
+    let files = format!("control_files {}", dir.path().display());
+    let c = Controlled::start(&["-d", "-r", "-o", &files, "-F", &cfg_arg], &[]);
+    assert_eq!(c.ctl("blacklist"), "11\n");
+    assert_eq!(c.pen.ask_from(2), "a");
+    let (_, mut held) = c.pen.hold_from(3);
+
+    // A good change: the new server list applies to new connections only.
+    std::fs::write(
+        &cfg,
+        format!("{}\nblacklist 12\nacl 1 deny 127.0.0.9\n", server(0, &b)),
+    )
+    .unwrap();
+    c.pen.signal("HUP");
+    wait_until("the re-read", Duration::from_secs(5), || {
+        (c.ctl("blacklist") == "12\n").then_some(())
+    });
+    assert_eq!(c.pen.ask_from(4), "b");
+    assert_eq!(a.open_connections(), 1, "the open connection was dropped");
+    held.write_all(b"x").unwrap();
+    c.pen.signal("HUP");
+    wait_until("a second re-read", Duration::from_secs(5), || {
+        c.pen.stderr_text().matches("re-read").nth(1).map(|_| ())
+    });
+    // Re-reading the same file gives the same state: one ACL entry, not two.
+    let written = dir.join("written.cfg");
+    assert_eq!(c.ctl(&format!("write {}", written.display())), "");
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert_eq!(
+        text.matches("acl 1 deny 127.0.0.9 255.255.255.255").count(),
+        1,
+        "{text}"
+    );
+    let before = c.ctl("servers");
+
+    // A bad line 3: nothing of the file applies.
+    std::fs::write(
+        &cfg,
+        format!("{}\nblacklist 13\nserver 1 port 80\n", server(0, &a)),
+    )
+    .unwrap();
+    c.pen.signal("HUP");
+    wait_until("the rejection", Duration::from_secs(5), || {
+        c.pen.stderr_text().contains("pen.cfg:3:").then_some(())
+    });
+    assert_eq!(c.ctl("blacklist"), "12\n");
+    assert_eq!(c.ctl("servers"), before);
+    assert_eq!(c.pen.ask_from(5), "b");
+    drop(held);
+    c.pen.finish();
+}
+
+/// `write` produces a file that loads back to the same configuration; over the control port
+/// only inside `control_files` (reliability catalogue S6, S7).
+#[test]
+fn write_round_trips_and_never_follows_symlinks() {
+    let a = Backend::named("a");
+    let dir = TempDir::new("write");
+    let files = dir.path().display().to_string();
+    let c = Controlled::start(
+        &["-o", &format!("control_files {files}"), "-W"],
+        &[a.spec_with(":0:0:3:2")],
+    );
+    c.ctl("acl 4 permit 127.0.0.0 255.0.0.0");
+    c.ctl("server 0 acl 4");
+    // The victim: a symlink at the target path must be replaced, not followed.
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let out = dir.join("out.cfg");
+    std::os::unix::fs::symlink(&victim, &out).unwrap();
+    assert_eq!(c.ctl(&format!("write {}", out.display())), "");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains(&format!(
+            "server 0 acl 4 address 127.0.0.1 port {} max 0 hard 0 weight 3 prio 2\n",
+            a.port()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("acl 4 permit 127.0.0.0 255.0.0.0\n"),
+        "{text}"
+    );
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
+    // Outside the directory: refused, nothing written.
+    let outside = std::env::temp_dir().join(format!("pen-outside-{}", std::process::id()));
+    let reply = c.ctl(&format!("write {}", outside.display()));
+    assert!(reply.contains("control_files"), "{reply}");
+    assert!(!outside.exists());
+    // It loads back: a second pen started from it writes the same body.
+    let out_arg = out.display().to_string();
+    let c2 = Controlled::start(
+        &["-o", &format!("control_files {files}"), "-F", &out_arg],
+        &[],
+    );
+    let again = dir.join("again.cfg");
+    c2.ctl(&format!("write {}", again.display()));
+    let body = |t: &str| t.lines().skip(2).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&std::fs::read_to_string(&again).unwrap()), body(&text));
+    assert_eq!(c2.pen.ask_from(2), "a");
+    c.pen.finish();
+    c2.pen.finish();
+}
+
+#[test]
+fn listen_exit_conn_max_and_close_at_run_time() {
+    let a = Backend::echo();
+    let c = Controlled::start(&["-X"], &[a.spec()]);
+    let old = c.pen.tcp();
+    // A listen on a port in use is refused and keeps the old listener.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reply = c.ctl(&format!("listen {}", taken.local_addr().unwrap()));
+    assert!(reply.starts_with("listen:"), "{reply}");
+    assert_eq!(c.ctl("listen"), format!("{}\n", c.pen.listen_arg));
+    drop(taken);
+    // dummy mode answers without a server.
+    c.ctl("dummy");
+    let mut d = c.pen.connect();
+    d.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut page = String::new();
+    d.read_to_string(&mut page).unwrap();
+    assert!(page.ends_with("\r\n\r\nUlric was here."), "{page:?}");
+    c.ctl("no dummy");
+    let new_port = free_port(std::net::Ipv4Addr::LOCALHOST.into());
+    assert_eq!(
+        c.ctl(&format!("listen 127.0.0.1:{new_port}")),
+        format!("127.0.0.1:{new_port}\n")
+    );
+    let mut s = wait_until("the new listener", Duration::from_secs(5), || {
+        connect(std::net::SocketAddr::from(([127, 0, 0, 1], new_port))).ok()
+    });
+    s.write_all(b"ping\n").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping\n");
+    wait_until("the old listener to close", Duration::from_secs(5), || {
+        TcpStream::connect(old).is_err().then_some(())
+    });
+    // close N ends a live connection.
+    let conn = wait_until("the connection", Duration::from_secs(5), || {
+        (0..8).find(|n| c.ctl(&format!("connection {n}")).contains("state = 2"))
+    });
+    assert_eq!(
+        c.ctl(&format!("close {conn}")),
+        format!("Forcibly closing connection {conn}\n")
+    );
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "connection still open");
+    let _ = s.shutdown(Shutdown::Both);
+    assert_eq!(c.ctl("conn_max 7"), "7\n");
+    assert_eq!(c.ctl("conn_max"), "7\n");
+    // exit with -X.
+    let mut pen = c.pen;
+    assert_eq!(ctl(c.control, "exit"), "");
+    let status = pen.wait_exit(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[test]
+fn idlers_keep_upstream_connections_open_and_are_replaced() {
+    let (a, b) = (Backend::named("a"), Backend::named("b"));
+    let c = Controlled::start(&[], &[a.spec(), b.spec()]);
+    assert_eq!(c.ctl("idlers 2"), "Idlers: 0/0\n");
+    wait_until("two idlers", Duration::from_secs(5), || {
+        (c.ctl("idlers") == "Idlers: 2/2\n").then_some(())
+    });
+    assert_eq!(a.open_connections() + b.open_connections(), 2);
+    let servers = c.ctl("servers");
+    assert!(servers.contains("conn 1"), "{servers}");
+    assert_eq!(c.ctl("idlers 0"), "Idlers: 2/2\n");
+    wait_until("the idlers to close", Duration::from_secs(5), || {
+        (a.open_connections() + b.open_connections() == 0).then_some(())
+    });
+    assert_eq!(c.pen.ask_from(2), "b");
+    c.pen.finish();
+}
