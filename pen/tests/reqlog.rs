@@ -238,3 +238,52 @@ fn bad_log_destinations_are_refused_naming_them() {
     }
     assert!(!dir.join("target").exists(), "written through a symlink");
 }
+
+#[test]
+fn log_and_no_log_commands_switch_and_stop_both_kinds() {
+    use support::control::Controlled;
+    let backend = Backend::echo();
+    let dir = TempDir::new("logcmd");
+    let file = dir.join("switched.log");
+    let file_arg = file.display().to_string();
+    let penlogd = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
+    let to = penlogd.local_addr().expect("local_addr").to_string();
+    // Files named over the control port must be in the control_files directory.
+    let files = format!("control_files {}", dir.path().display());
+    let c = Controlled::start(&["-l", &to, "-o", &files], &[backend.spec()]);
+    // pen 0.34.1 showed only the host after a network log (B9).
+    assert_eq!(c.ctl("log"), format!("{to}\n"));
+    let mut s = c.pen.connect_from(31);
+    exchange(&mut s, b"GET /before-nolog HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&datagram(&penlogd)),
+        "+ 127.0.0.31 127.0.0.1 GET /before-nolog HTTP/1.0\n"
+    );
+    // `no log` stops the network log too (pen 0.34.1 kept sending).
+    assert_eq!(c.ctl("no log"), "");
+    assert_eq!(c.ctl("log"), "");
+    exchange(&mut s, b"GET /after-nolog HTTP/1.0\r\n\r\n");
+    assert_eq!(c.ctl(&format!("log {file_arg}")), format!("{file_arg}\n"));
+    exchange(&mut s, b"GET /after-switch HTTP/1.0\r\n\r\n");
+    let lines = wait_lines(&file, 1);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].ends_with(" 127.0.0.1 GET /after-switch HTTP/1.0"),
+        "{lines:?}"
+    );
+    penlogd
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("set_read_timeout");
+    let mut buf = [0u8; 2048];
+    assert!(
+        penlogd.recv_from(&mut buf).is_err(),
+        "a datagram after `no log`"
+    );
+    // A destination that cannot be opened leaves the log where it was.
+    let missing = dir.join("missing/pen.log").display().to_string();
+    let reply = c.ctl(&format!("log {missing}"));
+    assert!(reply.contains(&missing), "{reply}");
+    assert_eq!(c.ctl("log"), format!("{file_arg}\n"));
+    drop(s);
+    c.pen.finish();
+}
