@@ -168,17 +168,27 @@ fn main() -> ExitCode {
 
 /// Set up the process, then serve until TERM.
 ///
-/// Order: bind first (as root, so a port below 1024 works; a taken port fails here, in the
-/// foreground, with exit status 1), then chroot and drop privileges, then open the output
-/// (inside the jail and as the user, so that HUP can reopen it), then the pid file, then go
-/// to the background.
+/// Order: look the user up (before any chroot hides /etc/passwd); go to the background (before
+/// any thread exists); install the signal handlers; bind (as root, so a port below 1024 works);
+/// chroot and drop privileges; open the output (inside the jail and as the user, so that HUP
+/// can reopen it); write the pid file; serve.
 fn run(o: Options) -> anyhow::Result<()> {
     pen::logging::init(o.debug.max(1));
+    let user = o.user.as_deref().map(process::User::find).transpose()?;
+    if !o.foreground {
+        process::background(o.output.is_none())?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("can't start the runtime")?;
+    let signals = runtime
+        .block_on(async { serve::Signals::install() })
+        .context("can't handle signals")?;
     let socket = serve::bind(o.bind).with_context(|| match o.bind {
         Bind::Port(p) => format!("can't bind UDP port {p}"),
         Bind::Addr(a) => format!("can't bind {a}"),
     })?;
-    let user = o.user.as_deref().map(process::User::find).transpose()?;
     if let Some(jail) = &o.jail {
         process::chroot(jail)?;
     }
@@ -194,19 +204,18 @@ fn run(o: Options) -> anyhow::Result<()> {
         .as_deref()
         .map(process::PidFile::create)
         .transpose()?;
-    if !o.foreground {
-        process::background(o.output.is_none())?;
-    }
     if let Some(pid_file) = &pid_file {
         pid_file.write_pid()?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("can't start the runtime")?;
     let matcher = Matcher::new(o.ring, o.allow);
     let counters = runtime
-        .block_on(serve::serve(socket, matcher, output, o.line_buffered))
+        .block_on(serve::serve(
+            socket,
+            signals,
+            matcher,
+            output,
+            o.line_buffered,
+        ))
         .context("receiving datagrams")?;
     info!("exiting: {}", counters.summary());
     drop(pid_file);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, info, warn};
 
 use crate::datagram::DATAGRAM_MAX;
@@ -22,7 +22,7 @@ use crate::matcher::{Counters, Matcher};
 /// Datagrams handled between two output writes at most.
 const BATCH: usize = 512;
 /// The receive buffer asked for: room for bursts while the output is being written.
-const RECV_BUFFER: usize = 8 << 20;
+const RECV_BUFFER: usize = 32 << 20;
 /// At most one warning about dropped datagrams or failed writes per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -60,8 +60,17 @@ pub fn bind(at: Bind) -> io::Result<std::net::UdpSocket> {
             }
         }
     };
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    // Room for bursts while penlogd is not scheduled. Root may go past net.core.rmem_max;
+    // anyone else gets what that allows.
+    if nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECV_BUFFER,
+    )
+    .is_err()
+    {
+        let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
@@ -107,6 +116,27 @@ impl Output {
     }
 }
 
+/// The signals penlogd handles. Installed before the port is bound, so that a TERM sent as soon
+/// as the port answers is a clean stop rather than the default action.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime that will serve.
+    pub fn install() -> io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+}
+
 /// Rate-limits warnings.
 struct Quiet(Option<Instant>);
 
@@ -127,29 +157,26 @@ impl Quiet {
 /// line instead of after every batch.
 pub async fn serve(
     socket: std::net::UdpSocket,
+    mut signals: Signals,
     mut matcher: Matcher,
     mut output: Output,
     line_buffered: bool,
 ) -> io::Result<Counters> {
     let socket = UdpSocket::from_std(socket)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
     // One byte more than the largest datagram, to see when one was larger.
     let mut buf = vec![0u8; DATAGRAM_MAX + 1];
     let mut out = Vec::with_capacity(BATCH * 256);
     let mut warnings = Quiet(None);
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
                 if let Err(e) = output.reopen() {
                     warn!("SIGHUP: {e}; still writing to the old file");
                 }
             }
-            _ = usr1.recv() => info!("{}", matcher.counters.summary()),
+            _ = signals.usr1.recv() => info!("{}", matcher.counters.summary()),
             ready = socket.readable() => {
                 ready?;
                 for _ in 0..BATCH {

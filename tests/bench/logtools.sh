@@ -65,10 +65,14 @@ done
 drops() {
     awk -v p=":$(printf '%04X' "$port")" '$2 ~ p"$" {print $NF}' /proc/net/udp6 /proc/net/udp | head -1
 }
+# penlogd's CPU time so far, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$penlogd_pid/stat"; }
+hz=$(getconf CLK_TCK)
 written=0
 for rate in $RATES; do
     n=$((rate * SECONDS_PER_RATE))
     before_drops=$(drops)
+    before_cpu=$(cpu_ticks)
     report=$("$bin/examples/penlogd_load" "$port" "$n" "$rate")
     want=$((written + n))
     for _ in $(seq 200); do
@@ -78,7 +82,11 @@ for rate in $RATES; do
     got=$(($(wc -l < "$dir/penlogd.out") - written))
     written=$(wc -l < "$dir/penlogd.out")
     lost=$(($(drops) - before_drops))
+    cpu=$(( $(cpu_ticks) - before_cpu ))
     echo "asked $rate lines/s: $report; written $got of $n; kernel drops on the socket: $lost datagrams"
+    awk -v n="$n" -v t="$cpu" -v hz="$hz" 'BEGIN {
+        if (t > 0) printf "  penlogd CPU: %.2f s for %d lines (2 datagrams each): %.1f us a line, %.0f lines per CPU-second\n", t / hz, n, t / hz / n * 1e6, n / (t / hz)
+    }'
 done
 kill -TERM "$penlogd_pid"; wait "$penlogd_pid" || true; penlogd_pid=
 grep "exiting" "$dir/penlogd.err" || true

@@ -23,8 +23,7 @@ fn main() {
     );
     let dir = std::path::Path::new(dir);
     let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text)
-            .unwrap_or_else(|e| panic!("can't write {name}: {e}"));
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("can't write {name}: {e}"));
     };
     write("pen.log", &f.pen_log);
     for (i, s) in f.servers.iter().enumerate() {

@@ -489,3 +489,49 @@ fn penlogd_usage_and_errors() {
     assert_eq!(out.code(), Some(1), "{}", out.stderr);
     assert!(out.stderr.contains(&port), "{}", out.stderr);
 }
+
+#[test]
+fn penlogd_daemon_mode_runs_in_the_background_with_its_pid_file() {
+    let dir = Scratch::new("daemon");
+    let pid_file = dir.join("penlogd.pid");
+    let port = pen_crosstests::logtools::free_udp_port();
+    let out = dir.arg("out");
+    let started = run(
+        &our_bin("penlogd"),
+        &["-p", &dir.arg("penlogd.pid"), "-l", &out, &port.to_string()],
+        b"",
+        &[],
+        WAIT,
+    );
+    assert_eq!(started.code(), Some(0), "{}", started.stderr);
+    let pid: u32 = wait_for("the pid file", WAIT, || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    });
+    // Stopped by the PID it wrote, whatever happens below (if that PID is still a penlogd).
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("penlogd") {
+                pen_crosstests::logtools::signal(self.0, "KILL");
+            }
+        }
+    }
+    let _stop = Stop(pid);
+    wait_for("the daemon's port", WAIT, || {
+        pen_crosstests::logtools::udp_bound(port).then_some(())
+    });
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    send_from(lo(1), to, b"+ 192.0.2.5 127.0.0.1 GET /d HTTP/1.0\n");
+    send_from(lo(1), to, b"127.0.0.1 - - [t] \"GET /d HTTP/1.0\" 200 1\n");
+    assert_eq!(
+        lines_of(&dir.join("out"), 1),
+        ["192.0.2.5 - - [t] \"GET /d HTTP/1.0\" 200 1"]
+    );
+    pen_crosstests::logtools::signal(pid, "TERM");
+    wait_for("the daemon to exit and remove its pid file", WAIT, || {
+        (!pid_file.exists() && !Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+}
