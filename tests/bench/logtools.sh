@@ -4,13 +4,15 @@
 #     LINES lines each (default 1,000,000): lines per second and peak RSS, best of ROUNDS runs;
 #  2. penlogd's sustained rate on loopback: pairs of datagrams (a pen record and its web line)
 #     at increasing rates, with the kernel's drop counter for the socket and the lines written.
-# Usage: bash tests/bench/logtools.sh   (LINES=N ROUNDS=N RATES="50000 100000" to change)
+# Usage: bash tests/bench/logtools.sh   (LINES=N ROUNDS=N RATES="50000 100000" to change;
+#        ONLY=mergelogs or ONLY=penlogd runs one half; PENLOGD=/usr/bin/penlogd measures C's)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 LINES=${LINES:-1000000}
 ROUNDS=${ROUNDS:-3}
 RATES=${RATES:-"50000 100000 200000"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-5}
+ONLY=${ONLY:-}
 
 cargo build --release -q -p mergelogs -p penlogd
 cargo build --release -q -p pen-crosstests --examples
@@ -23,6 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$ONLY" != penlogd ]; then
 echo "generating 3 x $LINES web log lines and the pen log..."
 "$bin/examples/genlogs" "$dir" "$LINES"
 web_lines=$(cat "$dir"/access*.log | wc -l)
@@ -52,11 +55,13 @@ awk -v n="$web_lines" -v cs="$c_secs" -v rs="$r_secs" -v cr="$c_rss" -v rr="$r_r
     printf "Rust mergelogs: %7.2f s  %10.0f lines/s  peak RSS %7.1f MiB  (output as expected: %s)\n", rs, n / rs, rr / 1024, ok
     printf "ratio: %.1fx C lines per second, %.2fx C peak RSS\n", cs / rs, rr / cr
 }'
+fi
+[ "$ONLY" = mergelogs ] && exit 0
 
 echo
 echo "== penlogd on loopback"
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("", 0)); print(s.getsockname()[1])')
-"$bin/penlogd" -f -l "$dir/penlogd.out" "$port" 2> "$dir/penlogd.err" &
+${PENLOGD:-$bin/penlogd} -f -l "$dir/penlogd.out" "$port" 2> "$dir/penlogd.err" &
 penlogd_pid=$!
 for _ in $(seq 100); do
     grep -qi ":$(printf '%04X' "$port") " /proc/net/udp6 /proc/net/udp 2>/dev/null && break
