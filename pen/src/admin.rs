@@ -24,8 +24,9 @@ use crate::proxy::Shared;
 pub struct Admin {
     shared: Arc<Shared>,
     host: Mutex<HostView>,
-    /// The main listener; every data-plane thread follows it (`listen` replaces it).
-    listeners: watch::Sender<Arc<BoundListener>>,
+    /// The main listener; every data-plane thread follows it (`listen` replaces it, and
+    /// shutting down sets None so that its last descriptor closes).
+    listeners: watch::Sender<Option<Arc<BoundListener>>>,
     backlog: u32,
     /// `-x` connection slots, and how many permits the semaphore was given in all.
     slots: Arc<Semaphore>,
@@ -42,7 +43,7 @@ impl Admin {
     pub fn new(
         shared: Arc<Shared>,
         host: HostView,
-        listeners: watch::Sender<Arc<BoundListener>>,
+        listeners: watch::Sender<Option<Arc<BoundListener>>>,
         backlog: u32,
         slots: Arc<Semaphore>,
     ) -> Admin {
@@ -212,7 +213,7 @@ impl Admin {
                     })?,
                 };
                 info!("listening on {addr}");
-                self.listeners.send_replace(Arc::new(bound));
+                self.listeners.send_replace(Some(Arc::new(bound)));
             }
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
@@ -244,6 +245,11 @@ impl Admin {
             }
         }
         Ok(())
+    }
+
+    /// Stop listening: the data-plane threads drop their descriptors, and this the last one.
+    pub fn close_listener(&self) {
+        self.listeners.send_replace(None);
     }
 
     /// `conn_max N`: the accept loops stop taking connections beyond N. Connections already

@@ -101,7 +101,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut signals = control.block_on(async { Signals::install() })?;
     let control_listener = bind_control(&options)?;
     let bound = Arc::new(BoundListener::bind(&listen, options.backlog)?);
-    let (listeners_tx, listeners_rx) = watch::channel(bound.clone());
+    let (listeners_tx, listeners_rx) = watch::channel(Some(bound.clone()));
     let admin = Arc::new(Admin::new(
         shared.clone(),
         host,
@@ -173,6 +173,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
+        admin.close_listener();
         admin.idlers.send_replace(0);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while shared.with(|b| b.live_conns()) > 0 {
@@ -306,7 +307,7 @@ fn build_balancer(options: &Options, host: &mut HostView) -> anyhow::Result<Bala
 /// connections until told to exit (dropping the runtime closes whatever is left). The thread
 /// follows `listeners`: when `listen` replaces the listener, it accepts on the new one.
 fn data_plane(
-    mut listeners: watch::Receiver<Arc<BoundListener>>,
+    mut listeners: watch::Receiver<Option<Arc<BoundListener>>>,
     shared: Arc<Shared>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
@@ -323,8 +324,13 @@ fn data_plane(
         }
     };
     runtime.block_on(async move {
-        let register = |bound: &BoundListener| bound.try_clone().and_then(BoundListener::register);
-        let mut listener = match register(&listeners.borrow_and_update()) {
+        let register = |bound: &Option<Arc<BoundListener>>| match bound {
+            Some(b) => b.try_clone().and_then(BoundListener::register).map(Some),
+            None => Ok(None),
+        };
+        let first = register(&listeners.borrow_and_update())
+            .and_then(|l| l.ok_or_else(|| std::io::Error::other("no listener")));
+        let mut listener = match first {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -351,7 +357,8 @@ fn data_plane(
                         break;
                     }
                     match register(&listeners.borrow_and_update()) {
-                        Ok(l) => listener = l,
+                        Ok(Some(l)) => listener = l,
+                        Ok(None) => break,
                         Err(e) => {
                             warn!("can't take up the new listener: {e}");
                             break;
