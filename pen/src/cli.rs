@@ -8,6 +8,7 @@
 //! getopt's, and clap would have to be bent into it.
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
@@ -64,14 +65,14 @@ pub const FLAGS: &[Flag] = &[
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
     flag('X', None, "enable 'exit' command for control port", NotYet("the control port")),
-    flag('a', None, "debugging dumps in ascii format (no effect yet: traffic dumps come with the request log)", NoEffect("traffic dumps come with the request log")),
+    flag('a', None, "debugging dumps in ascii format", Yes),
     flag('b', Some("sec"), "blacklist time in seconds [30]", Yes),
     flag('c', Some("N"), "max number of clients [2048]", Yes),
     flag('d', None, "debugging on (repeat -d for more)", Yes),
     flag('e', Some("host:port"), "emergency server of last resort", Yes),
     flag('f', None, "stay in foreground", Yes),
     flag('h', None, "use hash for initial server selection", Yes),
-    flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
+    flag('j', Some("dir"), "run in chroot", Yes),
     flag('F', Some("file"), "name of configuration file", NotYet("configuration files")),
     flag('l', Some("file"), "logging on", NotYet("the request log")),
     flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
@@ -79,10 +80,10 @@ pub const FLAGS: &[Flag] = &[
     flag('r', None, "bypass client tracking in server selection", Yes),
     flag('s', None, "stubborn selection, i.e. don't fail over", Yes),
     flag('t', Some("sec"), "connect timeout in seconds [3]", Yes),
-    flag('u', Some("user"), "run as alternative user", NotYet("privilege dropping")),
-    flag('p', Some("file"), "write pid to file", NotYet("pid files")),
+    flag('u', Some("user"), "run as alternative user", Yes),
+    flag('p', Some("file"), "write pid to file", Yes),
     flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
-    flag('w', Some("file"), "save statistics in HTML format in a file", NotYet("statistics files")),
+    flag('w', Some("file"), "save statistics in HTML format in a file", Yes),
     flag('o', Some("option"), "run a command in penctl format (see penctl(1)); its reply goes to stdout", Yes),
     flag('E', Some("certfile"), "use the given certificate in PEM format", NotYet("TLS termination")),
     flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", NotYet("TLS termination")),
@@ -118,6 +119,12 @@ pub struct Options {
     pub foreground: bool,
     pub debug: u8,
     pub ascii: bool,
+    /// `-p`: the pid file.
+    pub pid_file: Option<PathBuf>,
+    /// `-u`: the user to run as.
+    pub user: Option<String>,
+    /// `-j`: the chroot jail.
+    pub jail: Option<PathBuf>,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -234,6 +241,9 @@ struct Raw {
     foreground: bool,
     debug: u8,
     ascii: bool,
+    pid_file: Option<PathBuf>,
+    user: Option<String>,
+    jail: Option<PathBuf>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -249,6 +259,18 @@ fn number<T: std::str::FromStr>(
         value: value.to_string(),
         expected,
     })
+}
+
+/// A non-empty argument: a file, directory or user name.
+fn name(flag: char, value: &str, expected: &'static str) -> Result<String, CliError> {
+    if value.is_empty() {
+        return Err(CliError::BadValue {
+            flag,
+            value: "''".to_string(),
+            expected,
+        });
+    }
+    Ok(value.to_string())
 }
 
 fn seconds(flag: char, value: &str) -> Result<Duration, CliError> {
@@ -298,6 +320,13 @@ impl Raw {
             'e' => self.emergency = Some(v.to_string()),
             'f' => self.foreground = true,
             'h' => s.hash = true,
+            'j' => self.jail = Some(name(letter, v, "expected a directory")?.into()),
+            'p' => self.pid_file = Some(name(letter, v, "expected a file name")?.into()),
+            'u' => self.user = Some(name(letter, v, "expected a user name")?),
+            'w' => {
+                let path = PathBuf::from(name(letter, v, "expected a file name")?);
+                s.web_stats = Some(path.into());
+            }
             'm' => {
                 let n: i64 = number(letter, v, "expected a number")?;
                 if n < 1 {
@@ -377,6 +406,9 @@ impl Raw {
             foreground: self.foreground,
             debug: self.debug,
             ascii: self.ascii,
+            pid_file: self.pid_file,
+            user: self.user,
+            jail: self.jail,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,
@@ -496,6 +528,7 @@ mod tests {
                 "-C 1234 8080 127.0.0.1",
                 "-C: the control port is not available",
             ),
+            ("-p", "-p requires an argument"),
             ("-o", "-o requires an argument"),
         ];
         for (line, want) in cases {
@@ -505,6 +538,24 @@ mod tests {
         let bad_command = ["-o", "blacklist x", "8080", "127.0.0.1"].map(String::from);
         let e = parse(&bad_command).unwrap_err().to_string();
         assert!(e.contains("-o 'blacklist x'") && e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn service_options() {
+        let o = run("-p /run/pen.pid -u nobody -j /var/empty -w status.html -a 8080 127.0.0.1");
+        assert_eq!(o.pid_file, Some(PathBuf::from("/run/pen.pid")));
+        assert_eq!(o.user.as_deref(), Some("nobody"));
+        assert_eq!(o.jail, Some(PathBuf::from("/var/empty")));
+        assert_eq!(
+            o.settings.web_stats.as_deref(),
+            Some(std::path::Path::new("status.html"))
+        );
+        assert!(o.ascii);
+        for flag in ["-p", "-u", "-j", "-w"] {
+            let line = [flag, "", "8080", "127.0.0.1"].map(String::from);
+            let e = parse(&line).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{flag} '': expected a ")), "{e}");
+        }
     }
 
     #[test]

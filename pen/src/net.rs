@@ -22,6 +22,15 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The socket's descriptor, for the status page.
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
     pub fn set_nodelay(&self) {
         if let Stream::Tcp(s) = self {

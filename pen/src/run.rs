@@ -1,4 +1,5 @@
-//! Starting and stopping the daemon: descriptor limits, the runtime, the listener, signals.
+//! Starting and stopping the daemon: detaching, descriptor limits, the runtime, the listener,
+//! the jail and the privilege drop, the pid file, signals.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use std::time::Instant;
 use crate::balancer::{Balancer, Server, ServerId};
 use crate::cli::Options;
 use crate::control;
+use crate::daemon;
+use crate::logging::{self, Syslog};
+use crate::stats;
 use std::sync::mpsc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -59,13 +63,28 @@ enum Phase {
 }
 
 /// Run pen until TERM or INT. Returns once the listener is closed and open connections have
-/// finished (or the grace period ran out).
+/// finished (or the grace period ran out), and the pid file is removed.
+///
+/// Without `-f` the process forks first, before any thread exists; the parent waits (see
+/// `daemon::detach`) until the readiness signal below, so a start-up error shows in its exit
+/// status, and this function then runs in the child.
 ///
 /// Threads: one data-plane thread per core, each with its own single-threaded runtime and its
 /// own descriptor of the listening socket; a connection lives on the thread that accepted it, so
 /// no thread ever wakes another to run it. The main thread handles signals (and is where the
 /// control plane will live), so nothing it does can delay a connection.
 pub fn run(options: Options) -> anyhow::Result<()> {
+    // Looked up while /etc/passwd is in reach, and before forking, so a typo fails at once.
+    let user = options
+        .user
+        .as_deref()
+        .map(daemon::lookup_user)
+        .transpose()?;
+    let readiness = if options.foreground {
+        None
+    } else {
+        Some(daemon::detach()?)
+    };
     let fd_limit = raise_fd_limit();
     let conn_max = options
         .conn_max
@@ -78,6 +97,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let shared = Shared::new(build_balancer(&options)?);
+    shared.with(|b| b.set_conn_max(conn_max.get()));
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,6 +106,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // answers must stop pen cleanly, not kill it with the default action.
     let mut signals = control.block_on(async { Signals::install() })?;
     let bound = BoundListener::bind(&options.listen, options.backlog)?;
+    // Every socket that may need root (a port below 1024) is bound above this line. Then, in
+    // pen's order: the jail, the privilege drop, the pid file (inside the jail, as the user).
+    // The syslog socket is connected first, while the jail does not hide it yet.
+    let syslog = readiness.as_ref().and_then(|_| connect_syslog());
+    if let Some(dir) = &options.jail {
+        daemon::enter_jail(dir)?;
+    }
+    if let Some(user) = &user {
+        daemon::drop_privileges(user)?;
+    }
+    let pid_file = options
+        .pid_file
+        .as_deref()
+        .map(daemon::PidFile::create)
+        .transpose()?;
     let slots = Arc::new(Semaphore::new(conn_max.get()));
     let threads = data_threads();
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
@@ -113,6 +148,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .context("a data-plane thread died while starting")?
             .context("can't register the listener")?;
     }
+    // Readiness: everything is bound, the pid file is written. A daemon's waiting parent exits 0
+    // now, and from here on messages go to syslog.
+    if let Some(readiness) = readiness {
+        if let Some(syslog) = syslog {
+            logging::use_syslog(syslog);
+        }
+        readiness.ready()?;
+    }
     info!(
         "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
         env!("CARGO_PKG_VERSION"),
@@ -121,7 +164,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     );
     drop(bound);
     control.block_on(async {
-        signals.wait_for_stop().await;
+        signals.wait_for_stop(&shared).await;
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
         let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
@@ -138,7 +181,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             warn!("a data-plane thread panicked");
         }
     }
+    drop(pid_file);
     Ok(())
+}
+
+/// The syslog socket for a daemon's messages. Without one they would be lost, so say so while
+/// stderr still reaches someone.
+fn connect_syslog() -> Option<Syslog> {
+    match Syslog::connect_default("pen") {
+        Ok(syslog) => Some(syslog),
+        Err(e) => {
+            warn!("can't reach syslog ({e}); pen's messages will be lost once it is in the background");
+            None
+        }
+    }
 }
 
 /// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise
@@ -219,6 +275,7 @@ struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -232,20 +289,29 @@ impl Signals {
             int: handle(SignalKind::interrupt(), "SIGINT")?,
             hup: handle(SignalKind::hangup(), "SIGHUP")?,
             usr1: handle(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: handle(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 
-    /// Wait for TERM or INT. HUP and USR1 (reload and statistics in pen) are caught and logged
-    /// so that an operator's habitual `kill -HUP` does not stop the balancer; their actions come
-    /// with the configuration-file and statistics features.
-    async fn wait_for_stop(&mut self) {
+    /// Serve the other signals until TERM or INT. Each action runs here, on the main thread,
+    /// so a slow disk delays the next signal, never a connection.
+    async fn wait_for_stop(&mut self, shared: &Shared) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => warn!("SIGHUP: no configuration file or log to reopen in this version; ignored"),
-                _ = self.usr1.recv() => warn!("SIGUSR1: statistics output is not in this version; ignored"),
+                _ = self.hup.recv() => on_hup(shared),
+                _ = self.usr1.recv() => stats::on_usr1(shared),
+                // pen 0.34.1 called abort(): a core dump, and a stale pid file left behind.
+                _ = self.usr2.recv() => warn!("SIGUSR2: ignored (pen 0.34.1 aborted here)"),
             }
         }
     }
+}
+
+/// SIGHUP: pen closes and reopens its request log and re-reads its configuration file. Those
+/// features add their steps here; until then HUP is logged, so that a habitual `kill -HUP`
+/// does not stop the balancer.
+fn on_hup(_shared: &Shared) {
+    warn!("SIGHUP: no configuration file or log to reopen in this version; ignored");
 }
