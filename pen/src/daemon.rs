@@ -28,31 +28,31 @@ use fork::{ForkError, Forked};
 pub enum DaemonError {
     #[error(transparent)]
     Fork(#[from] ForkError),
-    #[error("can't create the start-up pipe: {0}")]
+    #[error("can't create the start-up pipe")]
     Pipe(#[source] nix::Error),
-    #[error("can't open /dev/null: {0}")]
+    #[error("can't open /dev/null")]
     DevNull(#[source] io::Error),
-    #[error("can't start a new session: {0}")]
+    #[error("can't start a new session")]
     Setsid(#[source] nix::Error),
-    #[error("can't point standard input and output at /dev/null: {0}")]
+    #[error("can't point standard input and output at /dev/null")]
     Redirect(#[source] nix::Error),
-    #[error("can't tell the waiting parent that start-up is done: {0}")]
+    #[error("can't tell the waiting parent that start-up is done")]
     Notify(#[source] io::Error),
     #[error("-u {0}: no such user")]
     NoSuchUser(String),
-    #[error("-u {name}: can't look the user up: {source}")]
+    #[error("-u {name}: can't look the user up")]
     UserLookup {
         name: String,
         #[source]
         source: nix::Error,
     },
-    #[error("-j {dir}: can't chroot: {source}")]
+    #[error("-j {dir}: can't enter the jail")]
     Chroot {
         dir: PathBuf,
         #[source]
         source: nix::Error,
     },
-    #[error("-u {name}: can't {step}: {source}")]
+    #[error("-u {name}: can't {step}")]
     Privileges {
         name: String,
         step: &'static str,
@@ -61,7 +61,7 @@ pub enum DaemonError {
     },
     #[error("-u {0}: root privileges could be regained after dropping them")]
     PrivilegesKept(String),
-    #[error("-p {path}: can't write the pid file: {source}")]
+    #[error("-p {path}: can't write the pid file")]
     PidFile {
         path: PathBuf,
         #[source]

@@ -29,9 +29,9 @@ pub enum Forked {
 pub enum ForkError {
     #[error("can't fork: {0} threads are running, and forking is only safe with one")]
     Threads(usize),
-    #[error("can't count this process's threads: {0}")]
+    #[error("can't count this process's threads")]
     Count(#[source] io::Error),
-    #[error("can't fork: {0}")]
+    #[error("can't fork")]
     Fork(#[source] nix::Error),
 }
 

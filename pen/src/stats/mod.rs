@@ -22,9 +22,9 @@ pub enum StatsError {
     /// Neither `-w` nor `web_stats` named a file (pen: "Unable to create webstats").
     #[error("don't know where to write web stats; see -w option")]
     NoWebStats,
-    #[error("can't render the status page: {0}")]
+    #[error("can't render the status page")]
     Render(#[from] askama::Error),
-    #[error("can't write the status page {path}: {source}")]
+    #[error("can't write the status page {path}")]
     Write {
         path: PathBuf,
         #[source]
@@ -95,7 +95,7 @@ pub fn on_usr1(shared: &Shared) {
     match take_with_path(shared) {
         (Some(path), snapshot) => {
             if let Err(e) = write_html(&path, &snapshot) {
-                tracing::warn!("SIGUSR1: {e}");
+                tracing::warn!("SIGUSR1: {:#}", anyhow::Error::new(e));
             }
         }
         (None, snapshot) => log_text(&snapshot),

@@ -186,10 +186,10 @@ fn the_page_is_written_atomically_and_the_errors_name_the_file() {
     let page = write_html(&path, &transcript_06()).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), page);
     let missing = dir.join("no/such/dir/status.html");
-    let e = write_html(&missing, &transcript_06())
-        .unwrap_err()
-        .to_string();
+    let e = anyhow::Error::new(write_html(&missing, &transcript_06()).unwrap_err());
+    let e = format!("{e:#}");
     assert!(e.contains("no/such/dir/status.html"), "{e}");
+    assert_eq!(e.matches("No such file").count(), 1, "the reason once: {e}");
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
         StatsError::NoWebStats.to_string(),
