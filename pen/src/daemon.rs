@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{Gid, Uid, User};
 use tracing::warn;
 
-pub use fork::thread_count;
 use fork::{ForkError, Forked};
 
 /// What went wrong turning the process into a daemon. Each names what it was doing.
