@@ -74,52 +74,6 @@ fn refresh_until_idle(pen: &Pen, path: &Path) -> String {
     )
 }
 
-/// Signal USR1 until pen's text statistics show no open connection; then signal once more
-/// after `then` and return that report's messages. The reports are told apart by counting.
-fn text_report_after(pen: &Pen, then: impl FnOnce()) -> Vec<String> {
-    let reports = |pen: &Pen| {
-        let messages = log_messages(&pen.stderr_text());
-        let starts: Vec<usize> = messages
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.starts_with("Time "))
-            .map(|(i, _)| i)
-            .collect();
-        (messages, starts)
-    };
-    // Report `n` (counting from 0), once complete: its items are logged one by one, and it is
-    // complete when it lists as many connections as its server items count.
-    let report = |pen: &Pen, n: usize| -> Vec<String> {
-        pen.signal("USR1");
-        wait_until("a text report", Duration::from_secs(10), || {
-            let (messages, starts) = reports(pen);
-            let start = *starts.get(n)?;
-            let end = starts.get(n + 1).copied().unwrap_or(messages.len());
-            let items = &messages[start..end];
-            let active = items.iter().position(|m| m == "Active connections:")?;
-            let conns = items.len() - active - 1;
-            let open: usize = items
-                .iter()
-                .filter_map(|m| m.strip_prefix("Server "))
-                .filter_map(|m| m.lines().nth(4)?.split(' ').next()?.parse::<usize>().ok())
-                .sum();
-            (conns >= open).then(|| items.to_vec())
-        })
-    };
-    let mut n = 0;
-    wait_until(
-        "pen to forget its connections",
-        Duration::from_secs(10),
-        || {
-            let items = report(pen, n);
-            n += 1;
-            (!items.iter().any(|m| m.starts_with("Connection "))).then_some(())
-        },
-    );
-    then();
-    report(pen, n)
-}
-
 // ---- daemon mode --------------------------------------------------------------------------------
 
 #[test]
