@@ -4,7 +4,9 @@
 //! The crate is both the `pen` daemon and the library the other pen tools share. Its parts:
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
-//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`).
+//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`,
+//! `dump`), the process plumbing (`daemon`: fork, pid file, chroot, privileges; `safe_file`),
+//! and the statistics output (`stats`: pen's HTML page and text statistics).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
@@ -16,9 +18,13 @@ pub mod balancer;
 pub mod cli;
 pub mod control;
 pub mod control_port;
+pub mod daemon;
+pub mod dump;
 pub mod idlers;
 pub mod logging;
 pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod run;
+pub mod safe_file;
+pub mod stats;
