@@ -7,9 +7,7 @@
 //! the length of a synchronous closure; DNS lookups, file reads and file writes happen before or
 //! after, never under either lock, so a slow control client or disk never delays a connection.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -25,8 +23,9 @@ use crate::reqlog::LogTarget;
 pub struct Admin {
     shared: Arc<Shared>,
     host: Mutex<HostView>,
-    /// The main listener; every data-plane thread follows it (`listen` replaces it).
-    listeners: watch::Sender<Arc<BoundListener>>,
+    /// The main listener; every data-plane thread follows it (`listen` replaces it, and
+    /// shutting down sets None so that its last descriptor closes).
+    listeners: watch::Sender<Option<Arc<BoundListener>>>,
     backlog: u32,
     /// `-x` connection slots, and how many permits the semaphore was given in all.
     slots: Arc<Semaphore>,
@@ -43,7 +42,7 @@ impl Admin {
     pub fn new(
         shared: Arc<Shared>,
         host: HostView,
-        listeners: watch::Sender<Arc<BoundListener>>,
+        listeners: watch::Sender<Option<Arc<BoundListener>>>,
         backlog: u32,
         slots: Arc<Semaphore>,
     ) -> Admin {
@@ -137,15 +136,32 @@ impl Admin {
                 Ok(applied) => (applied.replies.concat(), applied.actions),
                 Err(e) => refuse(e),
             },
-            Command::Status | Command::Snapshot => (
-                format!("{}: not available in this version of pen\n", line.trim()),
-                Vec::new(),
-            ),
+            // pen's `status`: write the web_stats page, then send it back.
+            Command::Status => match crate::stats::write_web_stats(&self.shared) {
+                Ok(page) => (page, Vec::new()),
+                Err(e) => {
+                    warn!("status: {e}");
+                    ("Unable to create webstats\n".to_string(), Vec::new())
+                }
+            },
+            // Everything `status` shows, as one JSON object (for penstats-web and scripts).
+            Command::Snapshot => {
+                let snapshot = crate::stats::take(&self.shared);
+                match serde_json::to_string(&snapshot) {
+                    Ok(json) => (json + "\n", Vec::new()),
+                    Err(e) => refuse(ControlError::Refused {
+                        command: "snapshot",
+                        reason: e.to_string(),
+                    }),
+                }
+            }
             cmd => {
                 let ctx = self.context(Origin::ControlPort);
                 let done = self.shared.with(|b| {
                     let mut host = self.host();
-                    control::execute(&cmd, b, &mut host, &ctx)
+                    let done = control::execute(&cmd, b, &mut host, &ctx);
+                    crate::dump::set_ascii(b.settings.ascii);
+                    done
                 });
                 match done {
                     Ok(o) => (o.reply, o.action.into_iter().collect()),
@@ -168,7 +184,7 @@ impl Admin {
     /// SIGHUP: re-read the `-F` file. On any error the old configuration stays in force.
     pub fn reload(&self) {
         let Some(path) = self.host().config_file.clone() else {
-            info!("SIGHUP: no configuration file (-F) to re-read");
+            warn!("SIGHUP: no configuration file (-F) to re-read");
             return;
         };
         let listening = {
@@ -213,7 +229,7 @@ impl Admin {
                     })?,
                 };
                 info!("listening on {addr}");
-                self.listeners.send_replace(Arc::new(bound));
+                self.listeners.send_replace(Some(Arc::new(bound)));
             }
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
@@ -242,13 +258,18 @@ impl Admin {
                 contents,
                 on_error,
             } => {
-                if let Err(e) = write_atomically(&path, contents.as_bytes()) {
+                if let Err(e) = crate::safe_file::write_atomically(&path, contents.as_bytes()) {
                     warn!("{}: {e}", path.display());
                     return Err(on_error);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Stop listening: the data-plane threads drop their descriptors, and this the last one.
+    pub fn close_listener(&self) {
+        self.listeners.send_replace(None);
     }
 
     /// `conn_max N`: the accept loops stop taking connections beyond N. Connections already
@@ -272,36 +293,4 @@ impl Admin {
         }
         *total = n;
     }
-}
-
-/// Write a file pen produces (config, statistics) so that readers never see half of it and a
-/// symlink at `path` is replaced rather than followed: a new file next to it, created
-/// exclusively and without following links, mode 0644, then renamed over `path`.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

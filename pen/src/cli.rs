@@ -66,14 +66,14 @@ pub const FLAGS: &[Flag] = &[
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
     flag('X', None, "enable 'exit' command for control port", Yes),
-    flag('a', None, "debugging dumps in ascii format (no effect yet: traffic dumps come with the request log)", NoEffect("traffic dumps come with the request log")),
+    flag('a', None, "debugging dumps in ascii format", Yes),
     flag('b', Some("sec"), "blacklist time in seconds [30]", Yes),
     flag('c', Some("N"), "max number of clients [2048]", Yes),
     flag('d', None, "debugging on (repeat -d for more)", Yes),
     flag('e', Some("host:port"), "emergency server of last resort", Yes),
     flag('f', None, "stay in foreground", Yes),
     flag('h', None, "use hash for initial server selection", Yes),
-    flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
+    flag('j', Some("dir"), "run in chroot", Yes),
     flag('F', Some("file"), "name of configuration file", Yes),
     flag('l', Some("file"), "logging on: log requests to a file, or to penlogd at host:port", Yes),
     flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
@@ -82,9 +82,9 @@ pub const FLAGS: &[Flag] = &[
     flag('s', None, "stubborn selection, i.e. don't fail over", Yes),
     flag('t', Some("sec"), "connect timeout in seconds [3]", Yes),
     flag('u', Some("user"), "run as alternative user", Yes),
-    flag('p', Some("file"), "write pid to file", NotYet("pid files")),
+    flag('p', Some("file"), "write pid to file", Yes),
     flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
-    flag('w', Some("file"), "save statistics in HTML format in a file", NotYet("statistics files")),
+    flag('w', Some("file"), "save statistics in HTML format in a file", Yes),
     flag('o', Some("option"), "run a command in penctl format (see penctl(1)); its reply goes to stdout", Yes),
     flag('E', Some("certfile"), "use the given certificate in PEM format", NotYet("TLS termination")),
     flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", NotYet("TLS termination")),
@@ -122,8 +122,6 @@ pub struct Options {
     pub exit_enabled: bool,
     /// `-F`
     pub config_file: Option<PathBuf>,
-    /// `-u`
-    pub user: Option<String>,
     pub settings: Settings,
     pub clients_max: NonZeroUsize,
     /// `-x`; None = derived from the descriptor limit at startup.
@@ -135,6 +133,12 @@ pub struct Options {
     pub ascii: bool,
     /// `-l`: the request log's destination.
     pub log: Option<LogTarget>,
+    /// `-p`: the pid file.
+    pub pid_file: Option<PathBuf>,
+    /// `-u`: the user to run as.
+    pub user: Option<String>,
+    /// `-j`: the chroot jail.
+    pub jail: Option<PathBuf>,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -254,11 +258,13 @@ struct Raw {
     control: Option<(String, ListenAddr)>,
     exit_enabled: bool,
     config_file: Option<PathBuf>,
-    user: Option<String>,
     foreground: bool,
     debug: u8,
     ascii: bool,
     log: Option<LogTarget>,
+    pid_file: Option<PathBuf>,
+    user: Option<String>,
+    jail: Option<PathBuf>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -274,6 +280,18 @@ fn number<T: std::str::FromStr>(
         value: value.to_string(),
         expected,
     })
+}
+
+/// A non-empty argument: a file, directory or user name.
+fn name(flag: char, value: &str, expected: &'static str) -> Result<String, CliError> {
+    if value.is_empty() {
+        return Err(CliError::BadValue {
+            flag,
+            value: "''".to_string(),
+            expected,
+        });
+    }
+    Ok(value.to_string())
 }
 
 fn seconds(flag: char, value: &str) -> Result<Duration, CliError> {
@@ -331,10 +349,16 @@ impl Raw {
             }
             'X' => self.exit_enabled = true,
             'F' => self.config_file = Some(PathBuf::from(v)),
-            'u' => self.user = Some(v.to_string()),
             'f' => self.foreground = true,
             'h' => s.hash = true,
+            'j' => self.jail = Some(name(letter, v, "expected a directory")?.into()),
+            'p' => self.pid_file = Some(name(letter, v, "expected a file name")?.into()),
+            'u' => self.user = Some(name(letter, v, "expected a user name")?),
             'l' => self.log = Some(LogTarget::parse(v).map_err(CliError::Log)?),
+            'w' => {
+                let path = PathBuf::from(name(letter, v, "expected a file name")?);
+                s.web_stats = Some(path.into());
+            }
             'm' => {
                 let n: i64 = number(letter, v, "expected a number")?;
                 if n < 1 {
@@ -426,7 +450,6 @@ impl Raw {
             control: self.control,
             exit_enabled: self.exit_enabled,
             config_file: self.config_file,
-            user: self.user,
             settings: self.settings,
             clients_max: self
                 .clients_max
@@ -440,6 +463,9 @@ impl Raw {
             debug: self.debug,
             ascii: self.ascii,
             log: self.log,
+            pid_file: self.pid_file,
+            user: self.user,
+            jail: self.jail,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,
@@ -570,6 +596,7 @@ mod tests {
             ("-C 99999 8080 127.0.0.1", "-C '99999'"),
             ("-B bad:host:x 8080 127.0.0.1", "-B"),
             ("-l x:y 8080 127.0.0.1", "-l: 'x:y'"),
+            ("-p", "-p requires an argument"),
             ("-o", "-o requires an argument"),
         ];
         for (line, want) in cases {
@@ -593,6 +620,24 @@ mod tests {
         assert_eq!(o.control.unwrap().1.to_string(), "[::1]:1234");
         let o = run("-F /etc/pen.cfg");
         assert!(o.listen.is_none(), "the config file may name the listener");
+    }
+
+    #[test]
+    fn service_options() {
+        let o = run("-p /run/pen.pid -u nobody -j /var/empty -w status.html -a 8080 127.0.0.1");
+        assert_eq!(o.pid_file, Some(PathBuf::from("/run/pen.pid")));
+        assert_eq!(o.user.as_deref(), Some("nobody"));
+        assert_eq!(o.jail, Some(PathBuf::from("/var/empty")));
+        assert_eq!(
+            o.settings.web_stats.as_deref(),
+            Some(std::path::Path::new("status.html"))
+        );
+        assert!(o.ascii);
+        for flag in ["-p", "-u", "-j", "-w"] {
+            let line = [flag, "", "8080", "127.0.0.1"].map(String::from);
+            let e = parse(&line).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{flag} '': expected a ")), "{e}");
+        }
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
 //! no I/O, no clock), `accesslog` (pen's log formats, shared with penlogd and mergelogs),
-//! `getopt` (the option grammar of the smaller tools), and the tokio shell around it (`net`,
-//! `relay`, `proxy`, `reqlog`, `run`, `logging`).
+//! `getopt` (the option grammar of the smaller tools), the tokio shell around it (`net`,
+//! `relay`, `proxy`, `reqlog`, `run`, `logging`, `dump`), the process plumbing (`daemon`: fork,
+//! pid file, chroot, privileges; `safe_file`), and the statistics output (`stats`: pen's HTML
+//! page and text statistics).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
@@ -20,6 +22,8 @@ pub mod cli;
 pub mod control;
 pub mod control_port;
 pub mod getopt;
+pub mod daemon;
+pub mod dump;
 pub mod idlers;
 pub mod logging;
 pub mod net;
@@ -27,3 +31,5 @@ pub mod proxy;
 pub mod relay;
 pub mod reqlog;
 pub mod run;
+pub mod safe_file;
+pub mod stats;

@@ -35,11 +35,7 @@ fn main() -> ExitCode {
         print!("{reply}");
     }
     pen::logging::init(options.debug);
-    if !options.foreground {
-        eprintln!(
-            "pen: daemon mode is not available in this version; staying in the foreground (-f)"
-        );
-    }
+    pen::dump::set_ascii(options.ascii);
     match pen::run::run(*options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -22,8 +22,8 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The socket's descriptor, for the statistics and the `socket` command.
-    pub fn fd(&self) -> i32 {
+    /// The socket's descriptor, for the status page.
+    pub fn raw_fd(&self) -> i32 {
         use std::os::fd::AsRawFd;
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),

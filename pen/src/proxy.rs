@@ -182,8 +182,7 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                     b.conn(conn).map(|c| c.counters.clone())
                 });
                 let Some(counters) = counters else { return };
-                counters.client_fd.store(client.fd(), Ordering::Relaxed);
-                counters.server_fd.store(upstream.fd(), Ordering::Relaxed);
+                counters.set_fds(client.raw_fd(), upstream.raw_fd());
                 let options = RelayOptions {
                     idle_timeout: settings.idle_timeout,
                     fastclose: settings.fastclose,

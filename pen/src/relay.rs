@@ -136,6 +136,7 @@ impl Half {
                     Poll::Ready(Ok(())) => {
                         let data = buf.filled();
                         seen(data);
+                        crate::dump::chunk(data);
                         *progress = true;
                         // Write straight from the scratch buffer; keep only what does not fit.
                         let mut sent = 0;
@@ -220,6 +221,10 @@ where
             let side = if from_src { Side::Server } else { Side::Client };
             return Poll::Ready(RelayEnd::Error(side, e));
         }
+        counters.set_pending(
+            up.pending.len() - up.written,
+            down.pending.len() - down.written,
+        );
         if up.done && down.done {
             return Poll::Ready(RelayEnd::Done);
         }

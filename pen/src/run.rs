@@ -1,4 +1,5 @@
-//! Starting and stopping the daemon: descriptor limits, the runtime, the listener, signals.
+//! Starting and stopping the daemon: detaching, descriptor limits, the runtime, the listener,
+//! the jail and the privilege drop, the pid file, signals.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use crate::cli::Options;
 use crate::control;
 use crate::control::HostView;
 use crate::control_port;
+use crate::daemon;
+use crate::logging::{self, Syslog};
+use crate::stats;
 use std::sync::mpsc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -62,13 +66,28 @@ enum Phase {
 }
 
 /// Run pen until TERM or INT. Returns once the listener is closed and open connections have
-/// finished (or the grace period ran out).
+/// finished (or the grace period ran out), and the pid file is removed.
+///
+/// Without `-f` the process forks first, before any thread exists; the parent waits (see
+/// `daemon::detach`) until the readiness signal below, so a start-up error shows in its exit
+/// status, and this function then runs in the child.
 ///
 /// Threads: one data-plane thread per core, each with its own single-threaded runtime and its
 /// own descriptor of the listening socket; a connection lives on the thread that accepted it, so
 /// no thread ever wakes another to run it. The main thread handles signals (and is where the
 /// control plane will live), so nothing it does can delay a connection.
 pub fn run(options: Options) -> anyhow::Result<()> {
+    // Looked up while /etc/passwd is in reach, and before forking, so a typo fails at once.
+    let user = options
+        .user
+        .as_deref()
+        .map(daemon::lookup_user)
+        .transpose()?;
+    let readiness = if options.foreground {
+        None
+    } else {
+        Some(daemon::detach()?)
+    };
     let fd_limit = raise_fd_limit();
     let conn_max = options
         .conn_max
@@ -91,10 +110,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .clone()
         .context("no listen address: give one on the command line or in the -F file")?;
     let slots = Arc::new(Semaphore::new(host.conn_max));
+    balancer.set_conn_max(host.conn_max);
     let shared = Shared::new(balancer);
-    if let Some(target) = &options.log {
-        shared.reqlog.set(target.clone()).context("-l")?;
-    }
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,7 +121,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut signals = control.block_on(async { Signals::install() })?;
     let control_listener = bind_control(&options)?;
     let bound = Arc::new(BoundListener::bind(&listen, options.backlog)?);
-    let (listeners_tx, listeners_rx) = watch::channel(bound.clone());
+    let (listeners_tx, listeners_rx) = watch::channel(Some(bound.clone()));
     let admin = Arc::new(Admin::new(
         shared.clone(),
         host,
@@ -112,6 +129,26 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         options.backlog,
         slots.clone(),
     ));
+    // Every socket that may need root (a port below 1024) is bound above this line. Then, in
+    // pen's order: the jail, the privilege drop, the pid file (inside the jail, as the user).
+    // The syslog socket is connected first, while the jail does not hide it yet.
+    let syslog = readiness.as_ref().and_then(|_| connect_syslog());
+    if let Some(dir) = &options.jail {
+        daemon::enter_jail(dir)?;
+    }
+    if let Some(user) = &user {
+        daemon::drop_privileges(user)?;
+    }
+    // The request log, as pen opens it: inside the jail and as the user, so that HUP can reopen
+    // it there.
+    if let Some(target) = &options.log {
+        shared.reqlog.set(target.clone()).context("-l")?;
+    }
+    let pid_file = options
+        .pid_file
+        .as_deref()
+        .map(daemon::PidFile::create)
+        .transpose()?;
     let threads = data_threads();
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
@@ -136,6 +173,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .context("a data-plane thread died while starting")?
             .context("can't register the listener")?;
     }
+    // Readiness: everything is bound, the pid file is written. A daemon's waiting parent exits 0
+    // now, and from here on messages go to syslog.
+    if let Some(readiness) = readiness {
+        if let Some(syslog) = syslog {
+            logging::use_syslog(syslog);
+        }
+        readiness.ready()?;
+    }
     info!(
         "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
         env!("CARGO_PKG_VERSION"),
@@ -149,7 +194,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 warn!("-F: {}", e.trim_end());
             }
         }
-        tokio::spawn(crate::idlers::maintain(shared.clone(), admin.idlers.subscribe()));
+        tokio::spawn(crate::idlers::maintain(
+            shared.clone(),
+            admin.idlers.subscribe(),
+        ));
         if let Some(l) = control_listener {
             match l.register() {
                 Ok(l) => {
@@ -170,7 +218,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         let admin = admin.clone();
                         let _ = tokio::task::spawn_blocking(move || admin.reload()).await;
                     }
-                    Event::Stats => warn!("SIGUSR1: statistics output is not in this version; ignored"),
+                    Event::Stats => stats::on_usr1(&shared),
+                    // pen 0.34.1 called abort(): a core dump, and a stale pid file left behind.
+                    Event::Abort => warn!("SIGUSR2: ignored (pen 0.34.1 aborted here)"),
                 },
                 () = admin.exit.notified() => {
                     info!("exit: asked for on the control port");
@@ -180,6 +230,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
+        admin.close_listener();
         admin.idlers.send_replace(0);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while shared.with(|b| b.live_conns()) > 0 {
@@ -197,6 +248,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     shared.reqlog.close();
+    drop(pid_file);
     Ok(())
 }
 
@@ -276,6 +328,18 @@ fn load_config_file(
         .collect())
 }
 
+/// The syslog socket for a daemon's messages. Without one they would be lost, so say so while
+/// stderr still reaches someone.
+fn connect_syslog() -> Option<Syslog> {
+    match Syslog::connect_default("pen") {
+        Ok(syslog) => Some(syslog),
+        Err(e) => {
+            warn!("can't reach syslog ({e}); pen's messages will be lost once it is in the background");
+            None
+        }
+    }
+}
+
 /// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise
 /// (a tuning knob, like HAProxy's `nbthread`; values outside 1..=1024 are ignored).
 fn data_threads() -> usize {
@@ -315,7 +379,7 @@ fn build_balancer(options: &Options, host: &mut HostView) -> anyhow::Result<Bala
 /// connections until told to exit (dropping the runtime closes whatever is left). The thread
 /// follows `listeners`: when `listen` replaces the listener, it accepts on the new one.
 fn data_plane(
-    mut listeners: watch::Receiver<Arc<BoundListener>>,
+    mut listeners: watch::Receiver<Option<Arc<BoundListener>>>,
     shared: Arc<Shared>,
     limits: Limits,
     mut phase: watch::Receiver<Phase>,
@@ -332,8 +396,13 @@ fn data_plane(
         }
     };
     runtime.block_on(async move {
-        let register = |bound: &BoundListener| bound.try_clone().and_then(BoundListener::register);
-        let mut listener = match register(&listeners.borrow_and_update()) {
+        let register = |bound: &Option<Arc<BoundListener>>| match bound {
+            Some(b) => b.try_clone().and_then(BoundListener::register).map(Some),
+            None => Ok(None),
+        };
+        let first = register(&listeners.borrow_and_update())
+            .and_then(|l| l.ok_or_else(|| std::io::Error::other("no listener")));
+        let mut listener = match first {
             Ok(l) => l,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -360,7 +429,8 @@ fn data_plane(
                         break;
                     }
                     match register(&listeners.borrow_and_update()) {
-                        Ok(l) => listener = l,
+                        Ok(Some(l)) => listener = l,
+                        Ok(None) => break,
                         Err(e) => {
                             warn!("can't take up the new listener: {e}");
                             break;
@@ -379,6 +449,7 @@ struct Signals {
     int: Signal,
     hup: Signal,
     usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -392,6 +463,7 @@ impl Signals {
             int: handle(SignalKind::interrupt(), "SIGINT")?,
             hup: handle(SignalKind::hangup(), "SIGHUP")?,
             usr1: handle(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: handle(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 
@@ -402,6 +474,7 @@ impl Signals {
             _ = self.int.recv() => Event::Stop,
             _ = self.hup.recv() => Event::Reload,
             _ = self.usr1.recv() => Event::Stats,
+            _ = self.usr2.recv() => Event::Abort,
         }
     }
 }
@@ -414,4 +487,6 @@ enum Event {
     Reload,
     /// USR1: statistics.
     Stats,
+    /// USR2: pen aborted; logged and ignored here.
+    Abort,
 }

@@ -527,3 +527,42 @@ fn idlers_keep_upstream_connections_open_and_are_replaced() {
     assert_eq!(c.pen.ask_from(2), "b");
     c.pen.finish();
 }
+
+/// `snapshot` is the machine-readable form of what `status` shows; `status` writes the
+/// `web_stats` page and sends it back, or says it cannot.
+#[test]
+fn snapshot_and_status_on_the_control_port() {
+    let a = Backend::named("a");
+    let dir = TempDir::new("status");
+    let page = dir.join("status.html");
+    let c = Controlled::start(&["-w", page.to_str().unwrap()], &[a.spec()]);
+    assert_eq!(c.pen.ask_from(2), "a");
+    let (_, held) = c.pen.hold_from(3);
+    let json = c.ctl("snapshot");
+    assert!(
+        json.ends_with('\n') && json.matches('\n').count() == 1,
+        "{json}"
+    );
+    let snap: pen::balancer::Snapshot = serde_json::from_str(json.trim()).expect("JSON snapshot");
+    assert_eq!(snap.servers.len(), 1);
+    assert_eq!(snap.servers[0].port, a.port());
+    assert_eq!(snap.servers[0].conns, 1, "{json}");
+    let clients: Vec<&str> = snap.clients.iter().map(|c| c.address.as_str()).collect();
+    assert!(
+        clients.contains(&"127.0.0.2") && clients.contains(&"127.0.0.3"),
+        "{clients:?}"
+    );
+    assert_eq!(snap.conns.len(), 1, "{json}");
+    assert!(snap.settings.web_stats.is_some());
+
+    let html = c.ctl("status");
+    assert!(
+        html.starts_with("<html>\n<head>\n<title>Pen status page</title>"),
+        "{html}"
+    );
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), html);
+    assert_eq!(c.ctl("no web_stats"), "");
+    assert_eq!(c.ctl("status"), "Unable to create webstats\n");
+    drop(held);
+    c.pen.finish();
+}

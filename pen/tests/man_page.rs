@@ -198,6 +198,9 @@ fn the_man_page_lists_the_differences_from_pen_0_34_1() {
         "\"SERVER SELECTION\"",
         "RELAYING",
         "SIGNALS",
+        "FILES",
+        "STATISTICS",
+        "\"RUNNING AS A SERVICE\"",
         "\"EXIT STATUS\"",
         "\"SEE ALSO\"",
     ] {

@@ -452,6 +452,17 @@ impl Pen {
         &self.bin
     }
 
+    /// Send `signal` (a name such as `USR1`) to the running pen.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Stop the process (SIGTERM, then SIGKILL) and return what it printed.
     pub fn stop(mut self) -> Output {
         self.stop_inner()

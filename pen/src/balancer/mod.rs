@@ -11,17 +11,22 @@
 mod acl;
 mod clients;
 mod select;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use acl::{AclEntry, AclFull, AclId, Acls, CountryLookup, NoCountries, Rule, ACL_LISTS};
 pub use clients::{ClientEntry, ClientKey, ClientTable};
+pub use snapshot::{
+    ClientStats, ConnStats, Counters, ServerKind, ServerStats, SettingsStats, Snapshot,
+};
 
 use crate::addr::{Backend, ServerSpec};
 
@@ -86,6 +91,9 @@ pub struct Settings {
     pub transparent: bool,
     /// `source ADDR`: the local address of upstream connections.
     pub source: Option<IpAddr>,
+    /// `-w` / `web_stats`: where SIGUSR1 and `status` write the HTML status page. An `Arc` so
+    /// that the per-connection copy of the settings costs no allocation.
+    pub web_stats: Option<Arc<Path>>,
 }
 
 impl Default for Settings {
@@ -110,6 +118,7 @@ impl Default for Settings {
             http: false,
             transparent: false,
             source: None,
+            web_stats: None,
         }
     }
 }
@@ -171,15 +180,20 @@ impl Server {
 }
 
 /// Bytes relayed by one connection, updated by the relay as it goes (one owner writes, the
-/// statistics read), so counters are live without taking the balancer lock per chunk.
+/// statistics read), so counters are live without taking the balancer lock per chunk. The
+/// descriptors and the bytes waiting for a slow reader are what pen's status page shows.
 #[derive(Debug)]
 pub struct ConnCounters {
     pub to_server: AtomicU64,
     pub to_client: AtomicU64,
-    /// The client's and the server's socket descriptors, -1 until known (`connection`,
-    /// `socket` and the status page show them).
-    pub client_fd: AtomicI32,
-    pub server_fd: AtomicI32,
+    /// The client's socket descriptor (pen's `downfd`); -1 until known.
+    client_fd: AtomicI32,
+    /// The server's socket descriptor (pen's `upfd`); -1 until connected.
+    server_fd: AtomicI32,
+    /// Bytes read from the client and not yet taken by the server (pen's `upn`).
+    pending_to_server: AtomicU64,
+    /// Bytes read from the server and not yet taken by the client (pen's `downn`).
+    pending_to_client: AtomicU64,
     /// The shell's kill switch for `close N`; the balancer never touches it.
     pub abort: tokio::sync::Notify,
 }
@@ -192,15 +206,36 @@ impl Default for ConnCounters {
             client_fd: AtomicI32::new(-1),
             server_fd: AtomicI32::new(-1),
             abort: tokio::sync::Notify::new(),
+            pending_to_server: AtomicU64::new(0),
+            pending_to_client: AtomicU64::new(0),
         }
     }
 }
 
 impl ConnCounters {
+    /// Record the connection's descriptors (for the status page; -1 for none).
+    pub fn set_fds(&self, client: i32, server: i32) {
+        self.client_fd.store(client, Ordering::Relaxed);
+        self.server_fd.store(server, Ordering::Relaxed);
+    }
     pub fn fds(&self) -> (i32, i32) {
         (
             self.client_fd.load(Ordering::Relaxed),
             self.server_fd.load(Ordering::Relaxed),
+        )
+    }
+    /// Record the bytes the relay holds for each side because it is not reading fast enough.
+    pub fn set_pending(&self, to_server: usize, to_client: usize) {
+        self.pending_to_server
+            .store(to_server as u64, Ordering::Relaxed);
+        self.pending_to_client
+            .store(to_client as u64, Ordering::Relaxed);
+    }
+    /// (bytes waiting for the server, bytes waiting for the client)
+    pub fn pending(&self) -> (u64, u64) {
+        (
+            self.pending_to_server.load(Ordering::Relaxed),
+            self.pending_to_client.load(Ordering::Relaxed),
         )
     }
     pub fn add_to_server(&self, n: usize) {
@@ -290,6 +325,11 @@ pub struct Balancer {
     rr_cursor: usize,
     /// The server chosen most recently (the status page's "current").
     current: Option<Target>,
+    /// The size of the connection table (`-x`), for the status page; the limit itself is
+    /// enforced where connections are accepted. 0 until set.
+    conn_max: usize,
+    /// The connection slot handed out most recently (pen's `connections_last`).
+    last_conn: usize,
 }
 
 /// pen's default client table size (`-c`).
@@ -310,6 +350,8 @@ impl Balancer {
             live_conns: 0,
             rr_cursor: 0,
             current: None,
+            conn_max: 0,
+            last_conn: 0,
         }
     }
 
@@ -409,6 +451,15 @@ impl Balancer {
 
     pub fn current(&self) -> Option<Target> {
         self.current
+    }
+
+    /// The connection table size (`-x`) the caller enforces, as the statistics report it.
+    pub fn set_conn_max(&mut self, n: usize) {
+        self.conn_max = n;
+    }
+
+    pub fn conn_max(&self) -> usize {
+        self.conn_max
     }
 
     fn slot(&self, target: Target) -> Option<&Server> {
@@ -556,7 +607,7 @@ impl Balancer {
 
     fn insert_conn(&mut self, conn: Conn) -> ConnId {
         self.live_conns += 1;
-        match self.free_conns.pop() {
+        let id = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i] = Some(conn);
                 ConnId(i)
@@ -565,7 +616,9 @@ impl Balancer {
                 self.conns.push(Some(conn));
                 ConnId(self.conns.len() - 1)
             }
-        }
+        };
+        self.last_conn = id.0;
+        id
     }
 
     fn connect_or_refuse(&mut self, id: ConnId, target: Option<Target>) -> Admission {

@@ -31,7 +31,6 @@ pub struct HostView {
     pub exit_enabled: bool,
     /// The request log as `log` shows it: a file name or `HOST:PORT`.
     pub log: Option<String>,
-    pub web_stats: Option<PathBuf>,
     /// `-F`: the file HUP re-reads and `write` writes by default.
     pub config_file: Option<PathBuf>,
     /// `control_files DIR`: the only directory control-port commands may name files in.
@@ -58,7 +57,6 @@ impl HostView {
             debug: 0,
             exit_enabled: false,
             log: None,
-            web_stats: None,
             config_file: None,
             control_files: None,
             write_flags: String::new(),
@@ -131,6 +129,7 @@ pub fn execute(
         Command::ConnMax(v) => match v {
             Some(n) => {
                 host.conn_max = *n;
+                b.set_conn_max(*n);
                 act(format!("{n}\n"), Action::ConnMax(*n))
             }
             None => format!("{}\n", host.conn_max).into(),
@@ -243,16 +242,17 @@ pub fn execute(
         }
         Command::WebStats(v) => {
             if let Some(p) = v {
-                host.web_stats = Some(p.clone());
+                b.settings.web_stats = Some(p.as_path().into());
             }
-            host.web_stats
+            b.settings
+                .web_stats
                 .as_ref()
                 .map(|p| format!("{}\n", p.display()))
                 .unwrap_or_default()
                 .into()
         }
         Command::NoWebStats => {
-            host.web_stats = None;
+            b.settings.web_stats = None;
             Outcome::default()
         }
         Command::Write(path) => {
@@ -669,7 +669,10 @@ mod tests {
         assert!(ok.is_ok());
         let escape = parse("web_stats /var/lib/pen/../../../etc/passwd").unwrap();
         assert!(execute(&escape, &mut b, &mut h, &ctx()).is_err());
-        assert_eq!(h.web_stats, Some("/var/lib/pen/s.html".into()));
+        assert_eq!(
+            b.settings.web_stats.as_deref(),
+            Some(Path::new("/var/lib/pen/s.html"))
+        );
         // The network log names no file.
         assert_eq!(
             run(&mut b, "log 127.0.0.1:9999").unwrap(),

@@ -191,7 +191,7 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
     toggle(&mut out, Toggle::TcpNodelay, s.tcp_nodelay);
     let _ = writeln!(out, "timeout {}", s.connect_timeout.as_secs());
     let _ = writeln!(out, "tracking {}", s.tracking.as_secs());
-    match &host.web_stats {
+    match &s.web_stats {
         Some(p) => {
             let _ = writeln!(out, "web_stats {}", p.display());
         }
