@@ -6,7 +6,6 @@
 
 mod datagram;
 mod matcher;
-mod process;
 mod ring;
 mod serve;
 
@@ -16,8 +15,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ipnet::IpNet;
+use pen::daemon;
 use pen::getopt::{self, Arg};
-use tracing::info;
+use pen::logging::Syslog;
+use tracing::{info, warn};
 
 use crate::matcher::Matcher;
 use crate::serve::{Bind, Output};
@@ -166,18 +167,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Set up the process, then serve until TERM.
-///
-/// Order: look the user up (before any chroot hides /etc/passwd); go to the background (before
-/// any thread exists); install the signal handlers; bind (as root, so a port below 1024 works);
-/// chroot and drop privileges; open the output (inside the jail and as the user, so that HUP
-/// can reopen it); write the pid file; serve.
+/// Set up the process, then serve until TERM, in pen's order (see `pen::daemon`): look the user
+/// up (before any chroot hides /etc/passwd); fork without `-f` (before any thread exists; the
+/// parent waits for readiness, so a start-up error shows in its exit status); install the signal
+/// handlers; bind (as root, so a port below 1024 works); chroot and drop privileges; open the
+/// output (inside the jail and as the user, so that HUP can reopen it); write the pid file;
+/// report ready; serve.
 fn run(o: Options) -> anyhow::Result<()> {
     pen::logging::init(o.debug.max(1));
-    let user = o.user.as_deref().map(process::User::find).transpose()?;
-    if !o.foreground {
-        process::background(o.output.is_none())?;
-    }
+    let user = o.user.as_deref().map(daemon::lookup_user).transpose()?;
+    let readiness = if o.foreground {
+        None
+    } else {
+        Some(daemon::detach()?)
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -189,23 +192,34 @@ fn run(o: Options) -> anyhow::Result<()> {
         Bind::Port(p) => format!("can't bind UDP port {p}"),
         Bind::Addr(a) => format!("can't bind {a}"),
     })?;
+    // Connected before any chroot hides /dev/log.
+    let syslog = readiness.as_ref().and_then(|_| {
+        Syslog::connect_default("penlogd")
+            .inspect_err(|e| {
+                warn!("can't reach syslog ({e}); messages will be lost once in the background")
+            })
+            .ok()
+    });
     if let Some(jail) = &o.jail {
-        process::chroot(jail)?;
+        daemon::enter_jail(jail)?;
     }
     if let Some(user) = &user {
-        user.become_it()?;
+        daemon::drop_privileges(user)?;
     }
     let output = match &o.output {
         Some(path) => Output::file(path.clone())?,
-        None => Output::stdout(),
+        None => Output::stdout().context("can't use standard output")?,
     };
     let pid_file = o
         .pid_file
         .as_deref()
-        .map(process::PidFile::create)
+        .map(daemon::PidFile::create)
         .transpose()?;
-    if let Some(pid_file) = &pid_file {
-        pid_file.write_pid()?;
+    if let Some(readiness) = readiness {
+        if let Some(syslog) = syslog {
+            pen::logging::use_syslog(syslog);
+        }
+        readiness.ready()?;
     }
     let matcher = Matcher::new(o.ring, o.allow);
     let counters = runtime

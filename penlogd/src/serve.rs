@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,20 +76,28 @@ pub fn bind(at: Bind) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// The merged log: stdout, or a file appended to and reopened on HUP.
+/// The merged log: standard output, or a file appended to and reopened on HUP.
 pub struct Output {
-    file: Option<(PathBuf, File)>,
+    file: File,
+    /// The file's name, to reopen it; None for standard output.
+    path: Option<PathBuf>,
 }
 
 impl Output {
-    pub fn stdout() -> Output {
-        Output { file: None }
+    /// Standard output, as it is now: a daemon points fd 1 at /dev/null once it is ready, but
+    /// `penlogd 10080 > merged.log` keeps writing where the shell sent it.
+    pub fn stdout() -> io::Result<Output> {
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Output {
+            file: File::from(fd),
+            path: None,
+        })
     }
 
     pub fn file(path: PathBuf) -> Result<Output, pen::reqlog::RequestLogError> {
-        let file = pen::reqlog::open_log_file(&path)?;
         Ok(Output {
-            file: Some((path, file)),
+            file: pen::reqlog::open_log_file(&path)?,
+            path: Some(path),
         })
     }
 
@@ -96,21 +105,14 @@ impl Output {
         if bytes.is_empty() {
             return Ok(());
         }
-        match &mut self.file {
-            Some((_, file)) => file.write_all(bytes),
-            None => {
-                let mut stdout = io::stdout().lock();
-                stdout.write_all(bytes)?;
-                stdout.flush()
-            }
-        }
+        self.file.write_all(bytes)
     }
 
     /// Open the file again by its name (after `mv out out.1`). Everything written so far went
     /// to the old file whole.
     fn reopen(&mut self) -> Result<(), pen::reqlog::RequestLogError> {
-        if let Some((path, file)) = &mut self.file {
-            *file = pen::reqlog::open_log_file(path)?;
+        if let Some(path) = &self.path {
+            self.file = pen::reqlog::open_log_file(path)?;
         }
         Ok(())
     }

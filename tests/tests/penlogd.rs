@@ -504,11 +504,11 @@ fn penlogd_daemon_mode_runs_in_the_background_with_its_pid_file() {
         WAIT,
     );
     assert_eq!(started.code(), Some(0), "{}", started.stderr);
-    let pid: u32 = wait_for("the pid file", WAIT, || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    });
+    // The parent returns only once the daemon is ready: its pid file is there already.
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("the pid file, written before the parent returned");
     // Stopped by the PID it wrote, whatever happens below (if that PID is still a penlogd).
     struct Stop(u32);
     impl Drop for Stop {
@@ -534,4 +534,133 @@ fn penlogd_daemon_mode_runs_in_the_background_with_its_pid_file() {
     wait_for("the daemon to exit and remove its pid file", WAIT, || {
         (!pid_file.exists() && !Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     });
+}
+
+#[test]
+fn penlogd_daemon_start_up_errors_show_in_the_exit_status() {
+    let taken = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = run(&our_bin("penlogd"), &[&port], b"", &[], WAIT);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(&port), "{}", out.stderr);
+}
+
+/// The uid, gid and supplementary groups of a process, from /proc.
+fn ids(pid: u32) -> (String, String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    (field("Uid:"), field("Gid:"), field("Groups:"))
+}
+
+#[test]
+fn penlogd_runs_as_its_user_in_its_jail() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(String::from))
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "this test needs root (to drop privileges and chroot); CI runs as root"
+    );
+    let dir = Scratch::new("jail");
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).expect("mkdir jail");
+    let chown = std::process::Command::new("chown")
+        .args(["nobody:nogroup", &jail.display().to_string()])
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let jail_arg = jail.display().to_string();
+    let mut daemon = Daemon::start(
+        &our_bin("penlogd"),
+        &[
+            "-f",
+            "-u",
+            "nobody",
+            "-j",
+            &jail_arg,
+            "-l",
+            "/merged.log",
+            "-p",
+            "/penlogd.pid",
+        ],
+    );
+    let pid = daemon.pid();
+    assert_eq!(
+        ids(pid),
+        (
+            "65534 65534 65534 65534".to_string(),
+            "65534 65534 65534 65534".to_string(),
+            "65534".to_string()
+        ),
+        "uid, gid, groups"
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/root")).expect("root link"),
+        jail
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd link"),
+        jail
+    );
+    let to = daemon.addr();
+    send_from(lo(1), to, b"+ 192.0.2.7 127.0.0.1 GET /j HTTP/1.0\n");
+    send_from(lo(1), to, b"127.0.0.1 - - [t] \"GET /j HTTP/1.0\" 200 1\n");
+    let merged = jail.join("merged.log");
+    assert_eq!(
+        lines_of(&merged, 1),
+        ["192.0.2.7 - - [t] \"GET /j HTTP/1.0\" 200 1"]
+    );
+    // Rotation inside the jail, as the user.
+    std::fs::rename(&merged, jail.join("merged.log.1")).expect("mv");
+    daemon.signal("HUP");
+    wait_for("merged.log reopened in the jail", WAIT, || {
+        merged.exists().then_some(())
+    });
+    send_from(lo(1), to, b"127.0.0.1 - - [t] \"GET /j HTTP/1.0\" 200 2\n");
+    assert_eq!(
+        lines_of(&merged, 1),
+        ["192.0.2.7 - - [t] \"GET /j HTTP/1.0\" 200 2"]
+    );
+    assert_eq!(daemon.stop().and_then(|s| s.code()), Some(0));
+    assert!(!jail.join("penlogd.pid").exists(), "pid file left behind");
+}
+
+#[test]
+fn penlogd_in_the_background_keeps_writing_to_its_standard_output() {
+    let dir = Scratch::new("bg-stdout");
+    let port = pen_crosstests::logtools::free_udp_port();
+    let out_path = dir.join("merged.log");
+    let pid_file = dir.join("penlogd.pid");
+    let status = std::process::Command::new(our_bin("penlogd"))
+        .args(["-p", &dir.arg("penlogd.pid"), &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("create merged.log"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run penlogd");
+    assert!(status.success());
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("pid file");
+    let to: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    send_from(lo(1), to, b"+ 192.0.2.8 127.0.0.1 GET /o HTTP/1.0\n");
+    send_from(lo(1), to, b"127.0.0.1 - - [t] \"GET /o HTTP/1.0\" 200 1\n");
+    let lines = lines_of(&out_path, 1);
+    pen_crosstests::logtools::signal(pid, "TERM");
+    wait_for("the daemon to exit", WAIT, || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    assert_eq!(lines, ["192.0.2.8 - - [t] \"GET /o HTTP/1.0\" 200 1"]);
 }
