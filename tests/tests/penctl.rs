@@ -161,9 +161,19 @@ fn bracketed_ipv6_reaches_the_same_pen_as_pens_own_notation() {
 #[test]
 fn a_setter_through_our_penctl_changes_pen_and_both_getters_show_it() {
     let Some(pen_bin) = c_pen() else { return };
+    setters_through_both_penctls(&pen_bin);
+}
+
+/// The same with our pen: setters through either penctl, replies the same.
+#[test]
+fn setters_through_both_penctls_change_our_pen() {
+    setters_through_both_penctls(&pen_crosstests::our_pen());
+}
+
+fn setters_through_both_penctls(pen_bin: &Path) {
     let Some((c, ours)) = penctls() else { return };
     let backend = Backend::start("A");
-    let pen = ControlledPen::start(&pen_bin, Control::v4(), &[], &[backend.spec()]);
+    let pen = ControlledPen::start(pen_bin, Control::v4(), &[], &[backend.spec()]);
     let address = pen.address();
     let run = |bin: &Path, words: &[&str]| {
         let mut args = vec![address.as_str()];
