@@ -178,7 +178,9 @@ fn view_events(
     stream::unfold((views, permit), |(mut views, permit)| async move {
         views.changed().await.ok()?;
         let view = views.borrow_and_update().clone();
-        let event = Event::default().id(view.seq.to_string()).data(&view.live);
+        let event = Event::default()
+            .id(view.seq.to_string())
+            .data(view.live.trim_end());
         Some((Ok(event), (views, permit)))
     })
 }
