@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
+pub mod browser;
+pub mod http;
 pub mod penctl;
+pub mod penstats_web;
 
 /// Placeholder in a pen command line for the listen address the harness picks.
 pub const LISTEN: &str = "{listen}";
