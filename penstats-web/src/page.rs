@@ -80,7 +80,7 @@ struct SnapView<'a> {
 }
 
 struct ServerRow<'a> {
-    /// pen's number, with the kind for the hidden servers: `0`, `-1 emergency`.
+    /// pen's number: `0`, `1`, ..., `-1` for the emergency server, `-2` for the abuse server.
     number: String,
     s: Option<&'a ServerStats>,
     address: &'a str,
@@ -135,7 +135,7 @@ pub fn live(l: &Live<'_>) -> Result<String, askama::Error> {
             .series
             .iter()
             .map(|series| ServerRow {
-                number: number(series.key.index),
+                number: series.key.index.to_string(),
                 s: None,
                 address: &series.key.address,
                 port: series.key.port,
@@ -168,7 +168,7 @@ fn snap_view<'a>(
             let series = charts.get(&ServerKey::of(srv)).copied();
             let (state, class) = server_state(srv);
             ServerRow {
-                number: number(srv.index),
+                number: srv.index.to_string(),
                 s: Some(srv),
                 address: &srv.address,
                 port: srv.port,
@@ -246,10 +246,10 @@ fn server_state(s: &ServerStats) -> (String, &'static str) {
         );
     }
     match s.kind {
-        ServerKind::Emergency if s.conns > 0 => ("emergency server, in use".into(), "in-use"),
-        ServerKind::Emergency => ("emergency server, idle".into(), "emergency"),
-        ServerKind::Abuse if s.conns > 0 => ("abuse server, in use".into(), "in-use"),
-        ServerKind::Abuse => ("abuse server, idle".into(), "abuse"),
+        ServerKind::Emergency if s.conns > 0 => ("emergency, in use".into(), "in-use"),
+        ServerKind::Emergency => ("emergency, idle".into(), "emergency"),
+        ServerKind::Abuse if s.conns > 0 => ("abuse, in use".into(), "in-use"),
+        ServerKind::Abuse => ("abuse, idle".into(), "abuse"),
         ServerKind::Regular if s.maxc > 0 && s.conns >= s.maxc => ("at its limit".into(), "full"),
         ServerKind::Regular => ("ok".into(), "ok"),
     }
@@ -351,14 +351,6 @@ fn bytes_chart(series: Option<&ServerSeries>, window: f64) -> Chart {
         Unit::BytesPerSecond,
         &[("sent", sent), ("received", received)],
     )
-}
-
-fn number(index: i64) -> String {
-    match index {
-        -1 => "-1 emergency".into(),
-        -2 => "-2 abuse".into(),
-        n => n.to_string(),
-    }
 }
 
 /// A number, or `-` where there is none (as pen's page).
