@@ -7,6 +7,7 @@
 //! slot given another server) counts as a reset: the rate starts again from the new value.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pen::balancer::{ServerStats, Snapshot};
@@ -32,7 +33,9 @@ impl ServerKey {
 
 #[derive(Debug, Clone)]
 struct Point {
-    key: ServerKey,
+    /// Shared with the same server's points in other samples: one allocation per server, not
+    /// one per poll.
+    key: Arc<ServerKey>,
     conns: u32,
     sent: u64,
     received: u64,
@@ -81,13 +84,22 @@ impl History {
 
     /// Record the poll that ended at `at`: its snapshot, or None when it failed.
     pub fn record(&mut self, at: Instant, snapshot: Option<&Snapshot>) {
+        let last = self.samples.iter().rev().find_map(|s| s.points.as_ref());
         let points = snapshot.map(|s| {
             every_server(s)
-                .map(|srv| Point {
-                    key: ServerKey::of(srv),
-                    conns: srv.conns,
-                    sent: srv.sent,
-                    received: srv.received,
+                .enumerate()
+                .map(|(i, srv)| {
+                    let key = ServerKey::of(srv);
+                    let key = match last.and_then(|ps| find(ps, i, &key)) {
+                        Some(known) => known.key.clone(),
+                        None => Arc::new(key),
+                    };
+                    Point {
+                        key,
+                        conns: srv.conns,
+                        sent: srv.sent,
+                        received: srv.received,
+                    }
                 })
                 .collect()
         });
@@ -115,10 +127,15 @@ impl History {
         let Some(newest) = self.samples.iter().rev().find_map(|s| s.points.as_ref()) else {
             return Vec::new();
         };
-        newest.iter().map(|p| self.series_of(&p.key, now)).collect()
+        newest
+            .iter()
+            .enumerate()
+            .map(|(i, p)| self.series_of(i, &p.key, now))
+            .collect()
     }
 
-    fn series_of(&self, key: &ServerKey, now: Instant) -> ServerSeries {
+    /// The series of the server `key`, which is usually at `position` in every sample.
+    fn series_of(&self, position: usize, key: &ServerKey, now: Instant) -> ServerSeries {
         let mut out = ServerSeries {
             key: key.clone(),
             conns: Vec::new(),
@@ -135,7 +152,7 @@ impl History {
             let point = sample
                 .points
                 .as_ref()
-                .and_then(|ps| ps.iter().find(|p| &p.key == key));
+                .and_then(|ps| find(ps, position, key));
             let Some(point) = point else {
                 previous = None;
                 open = false;
@@ -172,6 +189,15 @@ impl History {
             previous = Some((sample.at, point));
         }
         out
+    }
+}
+
+/// The point of `key` in `points`: at `position` (where it was last time, almost always), or
+/// searched for.
+fn find<'a>(points: &'a [Point], position: usize, key: &ServerKey) -> Option<&'a Point> {
+    match points.get(position) {
+        Some(p) if *p.key == *key => Some(p),
+        _ => points.iter().find(|p| *p.key == *key),
     }
 }
 
@@ -284,6 +310,25 @@ mod tests {
         assert_eq!(ages.last(), Some(&0.0));
         // The first rate in the window uses the sample just before it.
         assert_eq!(s.sent_rate[0].first(), Some(&(10.0, 10.0)));
+    }
+
+    #[test]
+    fn a_server_that_moves_in_the_list_keeps_its_history() {
+        let t0 = Instant::now();
+        let mut before = snap(&[(0, 0, 0)]);
+        before.emergency = Some(server(-1, "10.0.0.9", 80));
+        let mut after = snap(&[(0, 0, 0), (0, 0, 0)]);
+        let mut e = server(-1, "10.0.0.9", 80);
+        e.conns = 4;
+        after.emergency = Some(e);
+        let mut h = History::new(Duration::from_secs(10));
+        h.record(t0, Some(&before));
+        h.record(t0 + Duration::from_secs(1), Some(&after));
+        let series = h.series(t0 + Duration::from_secs(1));
+        let keys: Vec<i64> = series.iter().map(|s| s.key.index).collect();
+        assert_eq!(keys, [0, 1, -1]);
+        assert_eq!(series[2].conns, vec![vec![(1.0, 0.0), (0.0, 4.0)]]);
+        assert_eq!(series[1].conns, vec![vec![(0.0, 0.0)]]);
     }
 
     #[test]

@@ -384,3 +384,120 @@ pub fn escape_text(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::{server, snapshot};
+    use pen::balancer::ClientStats;
+
+    fn render(s: &Snapshot) -> String {
+        live(&Live {
+            pen: "127.0.0.1:10080",
+            health: &Health::Up,
+            checked_at: "2026-11-22 12:00:00",
+            interval_secs: 1.0,
+            snapshot: Some(s),
+            series: &[],
+            window_secs: 300.0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_server_blacklisted_and_the_emergency_server_in_use_are_told_first() {
+        let mut a = server(0, "10.0.0.1", 80);
+        a.blacklisted = true;
+        a.blacklist_remaining = 5;
+        let mut s = snapshot(vec![a]);
+        assert_eq!(
+            alerts(&s),
+            ["Every server is blacklisted: new clients are refused."]
+        );
+        let mut e = server(-1, "10.0.0.9", 80);
+        e.conns = 1;
+        s.emergency = Some(e);
+        assert_eq!(
+            alerts(&s),
+            [
+                "Every server is blacklisted: new clients go to the emergency server.",
+                "The emergency server is in use: 1 connection."
+            ]
+        );
+        let html = render(&s);
+        assert!(
+            html.contains("<tr class=\"in-use\" data-server=\"-1\">"),
+            "{html}"
+        );
+        assert!(html.contains("<td class=\"state\">emergency, in use</td>"));
+        assert!(html.contains("<tr class=\"blacklisted\" data-server=\"0\">"));
+        assert!(html.contains("blacklisted, 5 s left"));
+    }
+
+    #[test]
+    fn abuse_and_limits_have_their_states() {
+        let mut full = server(0, "10.0.0.1", 80);
+        full.maxc = 2;
+        full.conns = 2;
+        let mut s = snapshot(vec![full, server(1, "10.0.0.2", 80)]);
+        let mut abuse = server(-2, "10.0.0.66", 80);
+        abuse.conns = 3;
+        s.abuse = Some(abuse);
+        assert_eq!(server_state(&s.servers[0]), ("at its limit".into(), "full"));
+        assert_eq!(server_state(&s.servers[1]), ("ok".into(), "ok"));
+        assert_eq!(
+            alerts(&s),
+            ["The abuse server holds 3 connections of clients denied by client_acl."]
+        );
+        assert!(render(&s).contains("<tr class=\"in-use\" data-server=\"-2\">"));
+    }
+
+    #[test]
+    fn a_big_client_table_is_cut_to_the_most_recently_seen() {
+        let mut s = snapshot(vec![server(0, "10.0.0.1", 80)]);
+        s.clients = (0..MAX_ROWS + 50)
+            .map(|slot| ClientStats {
+                slot,
+                address: format!("10.1.{}.{}", slot / 256, slot % 256),
+                // The highest slots were seen most recently.
+                age: (MAX_ROWS + 50 - slot) as u64,
+                last_server: None,
+                connects: 1,
+                sent: 0,
+                received: 0,
+            })
+            .collect();
+        let html = render(&s);
+        assert!(html.contains(&format!(
+            "Showing the {MAX_ROWS} most recently seen of {} entries",
+            MAX_ROWS + 50
+        )));
+        let clients = html.split("id=\"clients\"").nth(1).unwrap();
+        let clients = clients.split("</table>").next().unwrap();
+        assert_eq!(clients.matches("<tr><td>").count(), MAX_ROWS);
+        assert!(
+            clients.contains("<td>10.1.0.249</td><td>1</td>"),
+            "newest first"
+        );
+        assert!(!clients.contains("<td>10.1.0.49</td>"), "oldest left out");
+        assert!(clients.contains("<td>-</td>"), "no last server is a dash");
+    }
+
+    #[test]
+    fn settings_read_as_pen_names_them() {
+        let mut s = snapshot(vec![]);
+        s.settings.roundrobin = true;
+        s.settings.tracking = 60;
+        let rows = settings(&s);
+        assert_eq!(
+            rows[0],
+            (
+                "mode",
+                "no hash roundrobin no stubborn no weight no prio".into()
+            )
+        );
+        assert!(rows.contains(&("tracking", "60 s".into())));
+        assert!(rows.contains(&("idle_timeout", "0 (off)".into())));
+        assert!(rows.contains(&("web_stats", "none".into())));
+    }
+}
