@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
+pub mod browser;
+pub mod http;
 pub mod logtools;
 pub mod penctl;
+pub mod penstats_web;
 pub mod weblogs;
 
 /// Placeholder in a pen command line for the listen address the harness picks.
