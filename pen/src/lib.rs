@@ -4,7 +4,8 @@
 //! The crate is both the `pen` daemon and the library the other pen tools share. Its parts:
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
-//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`).
+//! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`,
+//! and `tls` for TLS termination).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
@@ -19,3 +20,4 @@ pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod run;
+pub mod tls;

@@ -19,14 +19,25 @@ use crate::balancer::{Peer, Settings};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client whose TLS handshake completed (`tls::Tls::accept`): reads give plaintext.
+    Tls(Box<tokio_rustls::server::TlsStream<Stream>>),
 }
 
 impl Stream {
     /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
     pub fn set_nodelay(&self) {
-        if let Stream::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
+        match self {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            Stream::Unix(_) => {}
+            Stream::Tls(s) => s.get_ref().0.set_nodelay(),
         }
+    }
+
+    /// Did the client come over TLS? (`-H` says `X-Forwarded-Proto: https` then.)
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 }
 
@@ -39,6 +50,25 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            // A client that closes its TCP connection without TLS's close_notify is treated
+            // as having sent EOF, as a plain TCP client would be: the relay half-closes towards
+            // the server and lets the other direction finish, instead of failing both.
+            Stream::Tls(s) => {
+                let read = Pin::new(&mut **s).poll_read(cx, buf);
+                // Reading can make rustls queue a message of its own (the refusal of a
+                // renegotiation, the answer to a key update). Send it now: the relay writes to
+                // this stream only when the server has something to say. Best effort: if the
+                // socket is full it goes out with the next write.
+                if s.get_ref().1.wants_write() {
+                    let _ = Pin::new(&mut **s).poll_flush(cx);
+                }
+                match read {
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        Poll::Ready(Ok(()))
+                    }
+                    other => other,
+                }
+            }
         }
     }
 }
@@ -52,6 +82,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -59,6 +90,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -67,6 +99,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
+use crate::tls::Tls;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -78,6 +79,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let shared = Shared::new(build_balancer(&options)?);
+    let tls = match options.tls.enabled() {
+        true => Some(Arc::new(Tls::new(options.tls.clone()).context("TLS")?)),
+        false => None,
+    };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,9 +105,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             multi_accept: options.multi_accept.get(),
         };
         let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
+        let tls = tls.clone();
         let worker = std::thread::Builder::new()
             .name(format!("pen-data-{i}"))
-            .spawn(move || data_plane(listener, shared, limits, phase, ready))
+            .spawn(move || data_plane(listener, shared, limits, tls, phase, ready))
             .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
@@ -120,8 +126,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         options.servers.len(),
     );
     drop(bound);
+    // SIGHUP re-reads the TLS files; a bad file keeps the configuration in use.
+    let mut on_hup = || match &tls {
+        Some(tls) => match tls.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificates and keys reloaded"),
+            Err(e) => warn!("SIGHUP: TLS reload failed, keeping the old certificates: {e}"),
+        },
+        None => warn!("SIGHUP: no configuration file or log to reopen in this version; ignored"),
+    };
     control.block_on(async {
-        signals.wait_for_stop().await;
+        signals.wait_for_stop(&mut on_hup).await;
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
         let all = u32::try_from(conn_max.get()).unwrap_or(u32::MAX);
@@ -173,6 +187,7 @@ fn data_plane(
     listener: BoundListener,
     shared: Arc<Shared>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     mut phase: watch::Receiver<Phase>,
     ready: mpsc::Sender<std::io::Result<()>>,
 ) {
@@ -206,7 +221,7 @@ fn data_plane(
             }
         });
         tokio::select! {
-            () = proxy::accept_loop(listener, shared, limits) => {}
+            () = proxy::accept_loop(listener, shared, limits, tls) => {}
             _ = phase.wait_for(|p| *p >= Phase::Drain) => {}
         }
         let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
@@ -235,15 +250,15 @@ impl Signals {
         })
     }
 
-    /// Wait for TERM or INT. HUP and USR1 (reload and statistics in pen) are caught and logged
-    /// so that an operator's habitual `kill -HUP` does not stop the balancer; their actions come
-    /// with the configuration-file and statistics features.
-    async fn wait_for_stop(&mut self) {
+    /// Wait for TERM or INT, running `on_hup` for each HUP. USR1 (statistics in pen) is caught
+    /// and logged so that an operator's habitual signal does not stop the balancer; its action
+    /// comes with the statistics feature.
+    async fn wait_for_stop(&mut self, on_hup: &mut dyn FnMut()) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => warn!("SIGHUP: no configuration file or log to reopen in this version; ignored"),
+                _ = self.hup.recv() => on_hup(),
                 _ = self.usr1.recv() => warn!("SIGUSR1: statistics output is not in this version; ignored"),
             }
         }

@@ -8,6 +8,8 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
