@@ -189,8 +189,10 @@ async fn serve(
             return;
         };
         guard.conn = Some(conn);
-        let attempt =
-            tokio::time::timeout(settings.connect_timeout, net::connect(&backend, &settings));
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout,
+            net::connect(&backend, &settings, peer.ip),
+        );
         let failure = match attempt.await {
             Ok(Ok(mut upstream)) => {
                 let counters = shared.with(|b| {

@@ -70,6 +70,13 @@ pub struct Settings {
     pub tcp_nodelay: bool,
     /// `keepalive`: SO_KEEPALIVE on upstream sockets.
     pub keepalive: bool,
+    /// `source ADDR`: upstream connections are made from this address (port chosen by the
+    /// kernel). Takes precedence over `transparent`, as in pen.
+    pub source: Option<IpAddr>,
+    /// `transparent`: upstream connections are made from the client's own address
+    /// (IP_TRANSPARENT), so servers see the client. Needs CAP_NET_ADMIN and routing that
+    /// brings the servers' replies back through pen.
+    pub transparent: bool,
 }
 
 impl Default for Settings {
@@ -87,6 +94,8 @@ impl Default for Settings {
             fastclose: FastClose::Off,
             tcp_nodelay: true,
             keepalive: false,
+            source: None,
+            transparent: false,
         }
     }
 }

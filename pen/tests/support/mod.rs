@@ -8,6 +8,7 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -304,8 +304,7 @@ impl Client {
         tcp.set_write_timeout(Some(timeout))?;
         let name = ServerName::try_from(name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let conn = ClientConnection::new(self.config.clone(), name)
-            .map_err(io::Error::other)?;
+        let conn = ClientConnection::new(self.config.clone(), name).map_err(io::Error::other)?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
