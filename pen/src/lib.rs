@@ -5,7 +5,7 @@
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
 //! no I/O, no clock), and the tokio shell around it (`net`, `relay`, `proxy`, `run`, `logging`,
-//! and `tls` for TLS termination).
+//! `tls` for TLS termination, and `dsr` for direct server return).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
@@ -15,6 +15,7 @@ pub mod addr;
 pub mod balancer;
 pub mod cli;
 pub mod control;
+pub mod dsr;
 pub mod logging;
 pub mod net;
 pub mod proxy;

@@ -18,9 +18,12 @@ use std::sync::mpsc;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::addr::ListenAddr;
+use crate::dsr::{Dsr, DsrConfig, DsrError};
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
 use crate::tls::Tls;
+use std::net::SocketAddr;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -90,6 +93,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Signal handlers go in before anything is bound: a TERM that arrives as soon as the port
     // answers must stop pen cleanly, not kill it with the default action.
     let mut signals = control.block_on(async { Signals::install() })?;
+    if let Some(interface) = &options.settings.dsr_if {
+        // Direct server return relays nothing: no listener, no data-plane threads.
+        let dsr = start_dsr(&options, interface, shared)?;
+        control.block_on(signals.wait_for_stop(&mut || warn!("SIGHUP: ignored")));
+        drop(dsr);
+        return Ok(());
+    }
     let bound = BoundListener::bind(&options.listen, options.backlog)?;
     let slots = Arc::new(Semaphore::new(conn_max.get()));
     let threads = data_threads();
@@ -153,6 +163,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `dsr_if`: the listen address is the virtual address, IPv4 only.
+fn start_dsr(options: &Options, interface: &str, shared: Arc<Shared>) -> anyhow::Result<Dsr> {
+    let ListenAddr::Tcp(SocketAddr::V4(vip)) = &options.listen else {
+        return Err(DsrError::NotIpv4(options.listen.to_string()).into());
+    };
+    let config = DsrConfig {
+        interface: interface.to_string(),
+        vip: *vip.ip(),
+        port: Some(vip.port()),
+        udp: false,
+        tarpit: None,
+    };
+    Ok(Dsr::start(config, shared)?)
 }
 
 /// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise

@@ -77,6 +77,9 @@ pub struct Settings {
     /// (IP_TRANSPARENT), so servers see the client. Needs CAP_NET_ADMIN and routing that
     /// brings the servers' replies back through pen.
     pub transparent: bool,
+    /// `dsr_if IFACE`: direct server return on this interface instead of relaying (read at
+    /// start-up only).
+    pub dsr_if: Option<String>,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             keepalive: false,
             source: None,
             transparent: false,
+            dsr_if: None,
         }
     }
 }
