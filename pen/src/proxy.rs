@@ -163,7 +163,10 @@ async fn serve(
         Some(tls) => match tls.accept(client).await {
             Ok(client) => client,
             Err(e) => {
-                debug!("TLS handshake with client {peer:?} failed: {e}");
+                let who = peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
+                    format!("client {ip} port {}", peer.port)
+                });
+                debug!("TLS handshake with {who} failed: {e}");
                 return;
             }
         },
