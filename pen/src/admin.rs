@@ -34,6 +34,8 @@ pub struct Admin {
     pub exit: Notify,
     /// How many idlers `idlers::maintain` keeps open.
     pub idlers: watch::Sender<usize>,
+    /// TLS termination, when `-E` turned it on (`ssl_*` commands change it).
+    tls: Option<Arc<crate::tls::Tls>>,
     /// A listener bound by `listen` before the command ran, waiting for its action.
     prebound: Mutex<Option<(ListenAddr, BoundListener)>>,
 }
@@ -45,6 +47,7 @@ impl Admin {
         listeners: watch::Sender<Option<Arc<BoundListener>>>,
         backlog: u32,
         slots: Arc<Semaphore>,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> Admin {
         let permits = Mutex::new(host.conn_max);
         Admin {
@@ -57,6 +60,7 @@ impl Admin {
             exit: Notify::new(),
             idlers: watch::Sender::new(0),
             prebound: Mutex::new(None),
+            tls,
         }
     }
 
@@ -253,6 +257,19 @@ impl Admin {
                 }
             }
             Action::NoLog => self.shared.reqlog.stop(),
+            Action::Tls(ssl) => {
+                let Some(tls) = &self.tls else {
+                    return Err(format!(
+                        "{}: TLS is not on (start pen with -E)\n",
+                        ssl.word()
+                    ));
+                };
+                // Reads files: the control plane's blocking thread or the main thread.
+                if let Err(e) = tls.update(|o| crate::tls::apply_command(o, &ssl)) {
+                    warn!("{}: {e}", ssl.word());
+                    return Err(format!("{}: {e}\n", ssl.word()));
+                }
+            }
             Action::WriteFile {
                 path,
                 contents,

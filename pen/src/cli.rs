@@ -15,6 +15,7 @@ use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
 use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
 use crate::control::{self, Command, ControlError};
 use crate::reqlog::{LogTarget, RequestLogError};
+use crate::tls::{Protocols, TlsError, TlsOptions};
 
 /// What an option letter does in this build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,13 +87,13 @@ pub const FLAGS: &[Flag] = &[
     flag('x', Some("N"), "max number of simultaneous connections [from the descriptor limit, at least 500]", Yes),
     flag('w', Some("file"), "save statistics in HTML format in a file", Yes),
     flag('o', Some("option"), "run a command in penctl format (see penctl(1)); its reply goes to stdout", Yes),
-    flag('E', Some("certfile"), "use the given certificate in PEM format", NotYet("TLS termination")),
-    flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", NotYet("TLS termination")),
-    flag('G', Some("cacertfile"), "file containing the CA's certificate", NotYet("TLS termination")),
-    flag('A', Some("cacertdir"), "directory containing CA certificates in hashed format", NotYet("TLS termination")),
-    flag('Z', None, "use SSL compatibility mode", NotYet("TLS termination")),
-    flag('R', None, "require valid peer certificate", NotYet("TLS termination")),
-    flag('L', Some("protocol"), "TLS protocol versions", NotYet("TLS termination")),
+    flag('E', Some("certfile"), "use the given certificate in PEM format (turns on TLS termination)", Yes),
+    flag('K', Some("keyfile"), "use the given key in PEM format (may be contained in cert)", Yes),
+    flag('G', Some("cacertfile"), "file containing the CA's certificate (for -R)", Yes),
+    flag('A', Some("cacertdir"), "directory containing CA certificates (for -R)", Yes),
+    flag('Z', None, "use SSL compatibility mode (no effect: rustls has no compatibility workarounds to turn on)", NoEffect("rustls has no compatibility workarounds to turn on")),
+    flag('R', None, "require valid peer certificate", Yes),
+    flag('L', Some("protocol"), "TLS versions: ssl23, tls1 or tls1.2 (TLS 1.2 and 1.3, the default), tls1.3", Yes),
     flag('D', None, "obsolete", Obsolete("Pen 0.26.0 removed the delayed forward feature,\nmaking the -D option obsolete")),
     flag('N', None, "obsolete; prints this usage", Yes),
     flag('Q', None, "obsolete", Obsolete("Since Pen 0.26.0, kqueue is already the default on supported systems,\nmaking the -Q option obsolete")),
@@ -139,6 +140,8 @@ pub struct Options {
     pub user: Option<String>,
     /// `-j`: the chroot jail.
     pub jail: Option<PathBuf>,
+    /// `-E` and the other TLS options; TLS is on when `tls.cert` is set.
+    pub tls: TlsOptions,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -185,6 +188,10 @@ pub enum CliError {
     FlagServer { flag: char, source: AddrError },
     #[error("-l: {0}")]
     Log(RequestLogError),
+    #[error("-{flag} {source}")]
+    Tls { flag: char, source: TlsError },
+    #[error("-{0} needs TLS on the listener: give the certificate with -E")]
+    TlsWithoutCert(char),
     #[error("-{flag} '{text}': {source}")]
     Command {
         flag: char,
@@ -265,6 +272,9 @@ struct Raw {
     pid_file: Option<PathBuf>,
     user: Option<String>,
     jail: Option<PathBuf>,
+    tls: TlsOptions,
+    /// The TLS flags given (K, G, A, R, L), which make sense only with -E.
+    tls_flags: Vec<char>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -332,7 +342,7 @@ impl Raw {
         let v = value.unwrap_or("");
         let s = &mut self.settings;
         match letter {
-            'P' => {}
+            'P' | 'Z' => {}
             'a' => self.ascii = true,
             'W' => s.weight = true,
             'b' => s.blacklist_time = seconds(letter, v)?,
@@ -389,6 +399,24 @@ impl Raw {
             }
             'T' => s.tracking = seconds(letter, v)?,
             'x' => self.conn_max = Some(positive(letter, v)?),
+            'E' => self.tls.cert = Some(v.into()),
+            'K' | 'G' | 'A' | 'R' | 'L' => {
+                self.tls_flags.push(letter);
+                let tls = &mut self.tls;
+                match letter {
+                    'K' => tls.key = Some(v.into()),
+                    'G' => tls.ca_file = Some(v.into()),
+                    'A' => tls.ca_dir = Some(v.into()),
+                    'R' => tls.require_client_cert = true,
+                    _ => {
+                        tls.protocols = Protocols::parse(v).map_err(|source| CliError::Tls {
+                            flag: letter,
+                            source,
+                        })?
+                    }
+                }
+            }
+
             'o' | 'O' => {
                 let cmd = control::parse(v).map_err(|source| CliError::Command {
                     flag: letter,
@@ -408,6 +436,9 @@ impl Raw {
     }
 
     fn finish(self, positionals: &[&str]) -> Result<Options, CliError> {
+        if let (false, Some(&letter)) = (self.tls.enabled(), self.tls_flags.first()) {
+            return Err(CliError::TlsWithoutCert(letter));
+        }
         // The listener: the first positional, else a `-o listen`, else (when `-F` is given)
         // whatever the config file says.
         let (listen_text, listen, servers) = match positionals.split_first() {
@@ -466,6 +497,7 @@ impl Raw {
             pid_file: self.pid_file,
             user: self.user,
             jail: self.jail,
+            tls: self.tls,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,

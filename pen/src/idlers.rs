@@ -60,8 +60,11 @@ async fn idle(shared: Arc<Shared>) {
             return;
         };
         guard.1 = Some(conn);
-        let attempt =
-            tokio::time::timeout(settings.connect_timeout, net::connect(&backend, &settings)).await;
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout,
+            net::connect(&backend, &settings, None),
+        )
+        .await;
         match attempt {
             Ok(Ok(mut upstream)) => {
                 shared.with(|b| b.connected(conn));

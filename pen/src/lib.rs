@@ -8,7 +8,7 @@
 //! `getopt` (the option grammar of the smaller tools), the tokio shell around it (`net`,
 //! `relay`, `proxy`, `reqlog`, `run`, `logging`, `dump`), the process plumbing (`daemon`: fork,
 //! pid file, chroot, privileges; `safe_file`), and the statistics output (`stats`: pen's HTML
-//! page and text statistics).
+//! page and text statistics), `tls` (TLS termination) and `dsr` (direct server return).
 //!
 //! What it deliberately does not do: no HTTP awareness beyond what pen's `-H` needs, no active
 //! health checks (servers are blacklisted only when a connect fails, as in pen), no re-resolution
@@ -22,6 +22,7 @@ pub mod cli;
 pub mod control;
 pub mod control_port;
 pub mod daemon;
+pub mod dsr;
 pub mod dump;
 pub mod getopt;
 pub mod idlers;
@@ -33,3 +34,4 @@ pub mod reqlog;
 pub mod run;
 pub mod safe_file;
 pub mod stats;
+pub mod tls;

@@ -19,6 +19,8 @@ use crate::balancer::{Peer, Settings};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client whose TLS handshake completed (`tls::Tls::accept`): reads give plaintext.
+    Tls(Box<tokio_rustls::server::TlsStream<Stream>>),
 }
 
 impl Stream {
@@ -28,14 +30,24 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.get_ref().0.raw_fd(),
         }
     }
 
     /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
     pub fn set_nodelay(&self) {
-        if let Stream::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
+        match self {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            Stream::Unix(_) => {}
+            Stream::Tls(s) => s.get_ref().0.set_nodelay(),
         }
+    }
+
+    /// Did the client come over TLS? (`-H` says `X-Forwarded-Proto: https` then.)
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 }
 
@@ -48,6 +60,25 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            // A client that closes its TCP connection without TLS's close_notify is treated
+            // as having sent EOF, as a plain TCP client would be: the relay half-closes towards
+            // the server and lets the other direction finish, instead of failing both.
+            Stream::Tls(s) => {
+                let read = Pin::new(&mut **s).poll_read(cx, buf);
+                // Reading can make rustls queue a message of its own (the refusal of a
+                // renegotiation, the answer to a key update). Send it now: the relay writes to
+                // this stream only when the server has something to say. Best effort: if the
+                // socket is full it goes out with the next write.
+                if s.get_ref().1.wants_write() {
+                    let _ = Pin::new(&mut **s).poll_flush(cx);
+                }
+                match read {
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        Poll::Ready(Ok(()))
+                    }
+                    other => other,
+                }
+            }
         }
     }
 }
@@ -61,6 +92,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -68,6 +100,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -76,6 +109,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -237,8 +271,13 @@ fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
     })
 }
 
-/// Open a connection to a server with the socket options the settings ask for.
-pub async fn connect(backend: &Backend, settings: &Settings) -> io::Result<Stream> {
+/// Open a connection to a server with the socket options the settings ask for. `client` is the
+/// client's address, which `transparent` connects from.
+pub async fn connect(
+    backend: &Backend,
+    settings: &Settings,
+    client: Option<IpAddr>,
+) -> io::Result<Stream> {
     match backend {
         Backend::Tcp(sa) => {
             let socket = if sa.is_ipv4() {
@@ -252,9 +291,71 @@ pub async fn connect(backend: &Backend, settings: &Settings) -> io::Result<Strea
             if settings.tcp_nodelay {
                 socket.set_nodelay(true)?;
             }
+            match upstream_source(settings, client, *sa) {
+                Ok(None) => {}
+                Ok(Some(local)) => {
+                    if let Err(e) = bind_source(&socket, local, settings.source.is_none()) {
+                        // As in pen: the connection goes ahead from pen's own address.
+                        warn_source(&format!("can't connect to {sa} from {local}: {e}; connecting from pen's own address"));
+                    }
+                }
+                Err(why) => {
+                    warn_source(&format!("{why}; connecting to {sa} from pen's own address"))
+                }
+            }
             Ok(Stream::Tcp(socket.connect(*sa).await?))
         }
         Backend::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+    }
+}
+
+/// Why an upstream connection cannot come from the address the settings ask for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceSkipped {
+    #[error("source address {0} is not of the server's address family")]
+    SourceFamily(IpAddr),
+    #[error("no transparency for incompatible families (client {client})")]
+    ClientFamily { client: IpAddr },
+}
+
+/// The local address an upstream connection to `server` should be made from: `source` if set,
+/// else the client's address under `transparent` (a Unix-socket client has none), else none.
+pub fn upstream_source(
+    settings: &Settings,
+    client: Option<IpAddr>,
+    server: SocketAddr,
+) -> Result<Option<IpAddr>, SourceSkipped> {
+    let same_family = |ip: IpAddr| ip.is_ipv4() == server.is_ipv4();
+    match (settings.source, settings.transparent, client) {
+        (Some(source), _, _) if same_family(source) => Ok(Some(source)),
+        (Some(source), _, _) => Err(SourceSkipped::SourceFamily(source)),
+        (None, true, Some(client)) if same_family(client) => Ok(Some(client)),
+        (None, true, Some(client)) => Err(SourceSkipped::ClientFamily { client }),
+        _ => Ok(None),
+    }
+}
+
+/// Bind the upstream socket to `local` (port 0). IP_BIND_ADDRESS_NO_PORT leaves the port to
+/// connect(), so many connections from one address to different servers share ports as they
+/// would without a bind. A transparent bind (to the client's address, not one of ours) needs
+/// IP_TRANSPARENT, which the kernel honours on IPv6 sockets too.
+fn bind_source(socket: &TcpSocket, local: IpAddr, transparent: bool) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if transparent {
+        socket2::SockRef::from(socket).set_ip_transparent(true)?;
+    }
+    if local.is_ipv4() {
+        // Best effort: without it the bind still works, with a port of its own.
+        let _ = setsockopt(socket, sockopt::IpBindAddressNoPort, &true);
+    }
+    socket.bind(SocketAddr::new(local, 0))
+}
+
+/// One message per 5 seconds about source addresses, however many connections hit it.
+fn warn_source(message: &str) {
+    static LOG: crate::proxy::RateLimit = crate::proxy::RateLimit::new();
+    if LOG.allow(std::time::Instant::now()) {
+        tracing::warn!("{message}");
     }
 }
 
@@ -266,4 +367,85 @@ pub fn is_local_failure(e: &io::Error) -> bool {
     let local = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
     e.raw_os_error()
         .is_some_and(|code| local.iter().any(|&l| l as i32 == code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(source: Option<&str>, transparent: bool) -> Settings {
+        Settings {
+            source: source.map(|s| s.parse().unwrap()),
+            transparent,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn source_wins_over_transparent_and_families_must_match() {
+        let v4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let client4: IpAddr = "192.0.2.7".parse().unwrap();
+        let client6: IpAddr = "2001:db8::7".parse().unwrap();
+        let cases = [
+            (settings(None, false), Some(client4), v4, Ok(None)),
+            (settings(None, true), Some(client4), v4, Ok(Some(client4))),
+            (settings(None, true), Some(client6), v6, Ok(Some(client6))),
+            (settings(None, true), None, v4, Ok(None)),
+            (
+                settings(None, true),
+                Some(client4),
+                v6,
+                Err(SourceSkipped::ClientFamily { client: client4 }),
+            ),
+            (
+                settings(Some("10.0.0.9"), true),
+                Some(client4),
+                v4,
+                Ok(Some("10.0.0.9".parse().unwrap())),
+            ),
+            (
+                settings(Some("10.0.0.9"), false),
+                None,
+                v6,
+                Err(SourceSkipped::SourceFamily("10.0.0.9".parse().unwrap())),
+            ),
+        ];
+        for (s, client, server, want) in cases {
+            assert_eq!(
+                upstream_source(&s, client, server),
+                want,
+                "{s:?} {client:?}"
+            );
+        }
+    }
+
+    /// The address the server sees for a connection made with `settings`.
+    async fn seen_by_server(settings: &Settings) -> IpAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend::Tcp(listener.local_addr().unwrap());
+        let (connected, accepted) = tokio::join!(
+            connect(&backend, settings, Some("127.0.0.99".parse().unwrap())),
+            listener.accept()
+        );
+        connected.expect("connect");
+        accepted.expect("accept").1.ip()
+    }
+
+    #[tokio::test]
+    async fn source_binds_upstream_connections_and_a_bad_one_falls_back() {
+        assert_eq!(
+            seen_by_server(&settings(None, false)).await,
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert_eq!(
+            seen_by_server(&settings(Some("127.0.0.2"), false)).await,
+            IpAddr::from([127, 0, 0, 2])
+        );
+        // An address that is not ours: pen connects from its own, as C pen does.
+        assert_eq!(
+            seen_by_server(&settings(Some("192.0.2.1"), false)).await,
+            IpAddr::from([127, 0, 0, 1])
+        );
+    }
 }

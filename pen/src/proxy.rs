@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -12,6 +13,7 @@ use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
 use crate::net::{self, Listener, Stream};
 use crate::relay::{self, RelayEnd, RelayOptions};
 use crate::reqlog::RequestLog;
+use crate::tls::Tls;
 
 /// The one lock around the balancer. Every access goes through `with`, which takes a closure:
 /// the lock can therefore never be held across an `.await`. Beside it, the request log, which
@@ -49,6 +51,8 @@ pub struct Limits {
 
 /// How long to pause accepting when the process is out of descriptors or memory.
 const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// How long a finished TLS connection may take to send its close_notify.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 /// At most one "out of descriptors" message per this interval.
 const EXHAUSTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -93,8 +97,14 @@ static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
 
 /// Accept clients until the future is dropped. One connection's error never stops the loop;
 /// running out of descriptors pauses it instead of spinning; a full connection table (`-x`)
-/// leaves new clients waiting in the kernel's backlog.
-pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits) {
+/// leaves new clients waiting in the kernel's backlog. With `tls`, every client shakes hands
+/// before it is admitted.
+pub async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+) {
     let mut accepted_in_a_row = 0;
     loop {
         let Ok(permit) = limits.slots.clone().acquire_owned().await else {
@@ -102,7 +112,7 @@ pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, limits: Limits
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(serve(shared.clone(), stream, peer, permit));
+                tokio::spawn(serve(shared.clone(), stream, peer, permit, tls.clone()));
                 // `-m`: after this many accepts in a row, let the connections run first.
                 accepted_in_a_row += 1;
                 if accepted_in_a_row >= limits.multi_accept {
@@ -144,8 +154,29 @@ fn describe(target: Target) -> String {
     }
 }
 
-/// One client connection: choose a server, connect (failing over as the balancer says), relay.
-async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSemaphorePermit) {
+/// One client connection: the TLS handshake if the listener has TLS (before anything else, so
+/// a client that fails it never touches the balancer or a server), then choose a server,
+/// connect (failing over as the balancer says), relay.
+async fn serve(
+    shared: Arc<Shared>,
+    client: Stream,
+    peer: Peer,
+    _permit: OwnedSemaphorePermit,
+    tls: Option<Arc<Tls>>,
+) {
+    let client = match tls {
+        None => client,
+        Some(tls) => match tls.accept(client).await {
+            Ok(client) => client,
+            Err(e) => {
+                let who = peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
+                    format!("client {ip} port {}", peer.port)
+                });
+                debug!("TLS handshake with {who} failed: {e}");
+                return;
+            }
+        },
+    };
     let (admission, settings) = shared.with(|b| {
         let admission = (!b.settings.dummy).then(|| b.admit(peer, Instant::now()));
         (admission, b.settings.clone())
@@ -173,8 +204,10 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
             return;
         };
         guard.conn = Some(conn);
-        let attempt =
-            tokio::time::timeout(settings.connect_timeout, net::connect(&backend, &settings));
+        let attempt = tokio::time::timeout(
+            settings.connect_timeout,
+            net::connect(&backend, &settings, peer.ip),
+        );
         let failure = match attempt.await {
             Ok(Ok(mut upstream)) => {
                 let counters = shared.with(|b| {
@@ -198,7 +231,16 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                         RelayEnd::Error(side, e) => {
                             debug!("connection {}: {side:?} error: {e}", conn.0)
                         }
-                        end => debug!("connection {}: {end:?}", conn.0),
+                        end => {
+                            debug!("connection {}: {end:?}", conn.0);
+                            if client.is_tls() {
+                                // The relay leaves the last FIN to the close; a TLS client also
+                                // expects close_notify before it, or it may take the end of the
+                                // data for a truncation.
+                                let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, client.shutdown())
+                                    .await;
+                            }
+                        }
                     },
                     () = counters.abort.notified() => info!("connection {}: closed by the control port", conn.0),
                 }

@@ -63,6 +63,10 @@ struct Half {
     /// Bytes read but not yet written (only when the destination pushed back).
     pending: Vec<u8>,
     written: usize,
+    /// Bytes were written since the last flush. A TCP socket has nothing to flush; a TLS
+    /// stream may hold encrypted records it could not send yet, and nothing else would push
+    /// them out while this direction waits to read.
+    unflushed: bool,
     eof: bool,
     /// EOF was forwarded (the destination's write half is shut down).
     done: bool,
@@ -94,6 +98,7 @@ impl Half {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err((false, zero_write()))),
                     Poll::Ready(Ok(n)) => {
                         self.written += n;
+                        self.unflushed = true;
                         *progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
@@ -102,6 +107,13 @@ impl Half {
             }
             self.pending.clear();
             self.written = 0;
+            if self.unflushed {
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             if self.eof && other_done {
                 // The last direction to end: the close that follows sends the FIN, so a
                 // separate shutdown would be one more syscall for nothing.
@@ -145,7 +157,10 @@ impl Half {
                                 Poll::Ready(Ok(0)) => {
                                     return Poll::Ready(Err((false, zero_write())))
                                 }
-                                Poll::Ready(Ok(n)) => sent += n,
+                                Poll::Ready(Ok(n)) => {
+                                    sent += n;
+                                    self.unflushed = true;
+                                }
                                 Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
                                 Poll::Pending => break,
                             }

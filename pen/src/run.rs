@@ -25,8 +25,12 @@ use std::sync::mpsc;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::addr::ListenAddr;
+use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
+use crate::tls::Tls;
+use std::net::SocketAddr;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -100,11 +104,28 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let mut host = host_view(&options, conn_max.get());
-    let mut balancer = build_balancer(&options, &mut host)?;
-    let config_actions = match &options.config_file {
-        Some(path) => load_config_file(path, &mut balancer, &mut host)?,
-        None => Vec::new(),
-    };
+    let (mut balancer, mut startup_actions) = build_balancer(&options, &mut host)?;
+    if let Some(path) = &options.config_file {
+        startup_actions.extend(load_config_file(path, &mut balancer, &mut host)?);
+    }
+    // TLS settings from -o and -F shape the configuration built below; the other actions run
+    // once the control plane is up.
+    let mut tls_options = options.tls.clone();
+    let mut config_actions = Vec::new();
+    for action in startup_actions {
+        match action {
+            control::Action::Tls(ssl) => {
+                if !tls_options.enabled() {
+                    anyhow::bail!(
+                        "{}: TLS is not on (give the certificate with -E)",
+                        ssl.word()
+                    );
+                }
+                crate::tls::apply_command(&mut tls_options, &ssl).context("TLS")?;
+            }
+            other => config_actions.push(other),
+        }
+    }
     let listen = host
         .listen
         .clone()
@@ -112,6 +133,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(host.conn_max));
     balancer.set_conn_max(host.conn_max);
     let shared = Shared::new(balancer);
+    let tls = match tls_options.enabled() {
+        true => Some(Arc::new(Tls::new(tls_options).context("TLS")?)),
+        false => None,
+    };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -119,6 +144,18 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Signal handlers go in before anything is bound: a TERM that arrives as soon as the port
     // answers must stop pen cleanly, not kill it with the default action.
     let mut signals = control.block_on(async { Signals::install() })?;
+    if let Some(interface) = shared.with(|b| b.settings.dsr_if.clone()) {
+        // Direct server return relays nothing: no listener, no data-plane threads.
+        let tarpit = admin_tarpit(&shared, host.tarpit_acl);
+        let dsr = start_dsr(&listen, &interface, tarpit, shared)?;
+        control.block_on(async {
+            while !matches!(signals.next().await, Event::Stop) {
+                warn!("signal ignored in direct server return mode");
+            }
+        });
+        drop(dsr);
+        return Ok(());
+    }
     let control_listener = bind_control(&options)?;
     let bound = Arc::new(BoundListener::bind(&listen, options.backlog)?);
     let (listeners_tx, listeners_rx) = watch::channel(Some(bound.clone()));
@@ -128,6 +165,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         listeners_tx,
         options.backlog,
         slots.clone(),
+        tls.clone(),
     ));
     // Every socket that may need root (a port below 1024) is bound above this line. Then, in
     // pen's order: the jail, the privilege drop, the pid file (inside the jail, as the user).
@@ -160,9 +198,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         };
         let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
         let listeners = listeners_rx.clone();
+        let tls = tls.clone();
         let worker = std::thread::Builder::new()
             .name(format!("pen-data-{i}"))
-            .spawn(move || data_plane(listeners, shared, limits, phase, ready))
+            .spawn(move || data_plane(listeners, shared, limits, tls, phase, ready))
             .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
@@ -214,6 +253,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         // pen's order: reopen the request log, then re-read the config file.
                         if let Err(e) = shared.reqlog.reopen() {
                             warn!("SIGHUP: {e}");
+                        }
+                        // TLS files: a bad one keeps the configuration in use.
+                        if let Some(tls) = &tls {
+                            match tls.reload() {
+                                Ok(()) => info!("SIGHUP: TLS certificates and keys reloaded"),
+                                Err(e) => warn!("SIGHUP: TLS reload failed, keeping the old certificates: {e}"),
+                            }
                         }
                         let admin = admin.clone();
                         let _ = tokio::task::spawn_blocking(move || admin.reload()).await;
@@ -340,6 +386,35 @@ fn connect_syslog() -> Option<Syslog> {
     }
 }
 
+/// `dsr_if`: the listen address is the virtual address, IPv4 only.
+/// `tarpit_acl N`: the addresses list N permits get pen's forged SYN+ACK.
+fn admin_tarpit(shared: &Arc<Shared>, acl: Option<crate::balancer::AclId>) -> Option<Tarpit> {
+    let acl = acl?;
+    let shared = shared.clone();
+    Some(Arc::new(move |ip: std::net::Ipv4Addr| {
+        shared.with(|b| b.permits(acl, Some(ip.into())))
+    }))
+}
+
+fn start_dsr(
+    listen: &ListenAddr,
+    interface: &str,
+    tarpit: Option<Tarpit>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Dsr> {
+    let ListenAddr::Tcp(SocketAddr::V4(vip)) = listen else {
+        return Err(DsrError::NotIpv4(listen.to_string()).into());
+    };
+    let config = DsrConfig {
+        interface: interface.to_string(),
+        vip: *vip.ip(),
+        port: Some(vip.port()),
+        udp: false,
+        tarpit,
+    };
+    Ok(Dsr::start(config, shared)?)
+}
+
 /// One data-plane thread per core the process may run on, unless `PEN_THREADS` says otherwise
 /// (a tuning knob, like HAProxy's `nbthread`; values outside 1..=1024 are ignored).
 fn data_threads() -> usize {
@@ -351,7 +426,12 @@ fn data_threads() -> usize {
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
-fn build_balancer(options: &Options, host: &mut HostView) -> anyhow::Result<Balancer> {
+/// Also returns what the `-o` commands asked of the shell.
+fn build_balancer(
+    options: &Options,
+    host: &mut HostView,
+) -> anyhow::Result<(Balancer, Vec<control::Action>)> {
+    let mut actions = Vec::new();
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
     let ctx = control::Context {
         now: Instant::now(),
@@ -366,13 +446,14 @@ fn build_balancer(options: &Options, host: &mut HostView) -> anyhow::Result<Bala
         let outcome = control::execute(cmd, &mut balancer, host, &ctx)
             .map_err(|e| anyhow::anyhow!("-o: {e}"))?;
         print!("{}", outcome.reply);
+        actions.extend(outcome.action);
     }
     for (i, spec) in options.servers.iter().enumerate() {
         balancer.replace_server(ServerId(i), Server::from_spec(spec));
     }
     balancer.set_emergency(options.emergency.as_ref());
     balancer.set_abuse(options.abuse.as_ref());
-    Ok(balancer)
+    Ok((balancer, actions))
 }
 
 /// One data-plane thread: accept and serve until told to drain, then keep serving the open
@@ -382,6 +463,7 @@ fn data_plane(
     mut listeners: watch::Receiver<Option<Arc<BoundListener>>>,
     shared: Arc<Shared>,
     limits: Limits,
+    tls: Option<Arc<Tls>>,
     mut phase: watch::Receiver<Phase>,
     ready: mpsc::Sender<std::io::Result<()>>,
 ) {
@@ -422,7 +504,7 @@ fn data_plane(
         });
         loop {
             tokio::select! {
-                () = proxy::accept_loop(listener, shared.clone(), limits.clone()) => break,
+                () = proxy::accept_loop(listener, shared.clone(), limits.clone(), tls.clone()) => break,
                 _ = phase.wait_for(|p| *p >= Phase::Drain) => break,
                 changed = listeners.changed() => {
                     if changed.is_err() {

@@ -573,3 +573,61 @@ fn snapshot_and_status_on_the_control_port() {
     drop(held);
     c.pen.finish();
 }
+
+/// `source` over the control port and from `-o`: the server sees the address pen connects
+/// from (127.0.0.N are local, so no privilege is needed).
+#[test]
+fn source_changes_the_address_servers_see() {
+    let peer = Backend::tcp(|mut s: Stream| {
+        let mut b = [0u8; 1];
+        if !matches!(s.read(&mut b), Ok(1)) {
+            return;
+        }
+        let who = match &s {
+            Stream::Tcp(t) => t
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            Stream::Unix(_) => "unix".into(),
+        };
+        let _ = s.write_all(format!("{who}\n").as_bytes());
+        let _ = drain(&mut s);
+    });
+    let c = Controlled::start(&["-o", "source 127.0.0.5"], &[peer.spec()]);
+    assert_eq!(c.pen.ask_from(2), "127.0.0.5");
+    assert_eq!(c.ctl("source 127.0.0.6"), "");
+    assert_eq!(c.pen.ask_from(2), "127.0.0.6");
+    assert_eq!(c.ctl("no source"), "");
+    assert_eq!(c.pen.ask_from(2), "127.0.0.1");
+    let reply = c.ctl("source nonexistent.invalid");
+    assert!(reply.contains("nonexistent.invalid"), "{reply}");
+    assert_eq!(
+        c.pen.ask_from(2),
+        "127.0.0.1",
+        "a bad source changed nothing"
+    );
+    c.pen.finish();
+}
+
+/// The `ssl_*` commands: refused with a reason when TLS is off, and over the control port only
+/// inside `control_files` when they name files.
+#[test]
+fn ssl_commands_need_tls_and_name_files_only_where_allowed() {
+    let a = Backend::named("a");
+    let c = Controlled::start(&[], &[a.spec()]);
+    let reply = c.ctl("ssl_ciphers HIGH");
+    assert_eq!(reply, "ssl_ciphers: TLS is not on (start pen with -E)\n");
+    let reply = c.ctl("ssl_sni_path /etc");
+    assert!(reply.contains("control_files"), "{reply}");
+    assert_eq!(c.ctl("ssl_client_renegotiation_interval 60"), "");
+    assert!(c.ctl("ssl_ocsp_response").contains("missing file name"));
+    c.pen.finish();
+    // Without -E, an ssl_* command at start-up stops pen before it binds.
+    let port = free_port(std::net::Ipv4Addr::LOCALHOST.into()).to_string();
+    let out = run_pen(
+        &["-f", "-o", "ssl_option no_tlsv1.2", &port, &a.spec()],
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("TLS is not on"), "{}", out.stderr);
+}

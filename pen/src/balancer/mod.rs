@@ -87,10 +87,16 @@ pub struct Settings {
     pub dummy: bool,
     /// `-H` / `http`: X-Forwarded-For insertion.
     pub http: bool,
-    /// `transparent`: upstream connections carry the client's address.
+    /// `transparent`: upstream connections are made from the client's own address
+    /// (IP_TRANSPARENT), so servers see the client. Needs CAP_NET_ADMIN and routing that
+    /// brings the servers' replies back through pen.
     pub transparent: bool,
-    /// `source ADDR`: the local address of upstream connections.
+    /// `source ADDR`: upstream connections are made from this address (port chosen by the
+    /// kernel). Takes precedence over `transparent`, as in pen.
     pub source: Option<IpAddr>,
+    /// `dsr_if IFACE`: direct server return on this interface instead of relaying (read at
+    /// start-up only).
+    pub dsr_if: Option<String>,
     /// `-w` / `web_stats`: where SIGUSR1 and `status` write the HTML status page. An `Arc` so
     /// that the per-connection copy of the settings costs no allocation.
     pub web_stats: Option<Arc<Path>>,
@@ -118,6 +124,7 @@ impl Default for Settings {
             http: false,
             transparent: false,
             source: None,
+            dsr_if: None,
             web_stats: None,
         }
     }

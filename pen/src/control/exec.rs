@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    file, Action, Command, Context, ControlError, Origin, ServerAddress, ServerChange, Toggle,
+    file, Action, Command, Context, ControlError, Origin, ServerAddress, ServerChange, Ssl, Toggle,
 };
 use crate::addr::{Backend, ListenAddr};
 use crate::balancer::{AclId, Balancer, ClientKey, ConnState, Server, ServerId, Settings, Target};
@@ -39,7 +39,6 @@ pub struct HostView {
     pub write_flags: String,
     pub abort_on_error: bool,
     pub pending_max: usize,
-    pub dsr_if: Option<String>,
     pub dsr_ip: Option<IpAddr>,
     pub tarpit_acl: Option<AclId>,
     /// `idlers N`: idle upstream connections to keep open.
@@ -62,7 +61,6 @@ impl HostView {
             write_flags: String::new(),
             abort_on_error: false,
             pending_max: 100,
-            dsr_if: None,
             dsr_ip: None,
             tarpit_acl: None,
             idlers: 0,
@@ -150,10 +148,6 @@ pub fn execute(
             host.abort_on_error = *on;
             Outcome::default()
         }
-        Command::DsrIf(name) => {
-            host.dsr_if = Some(name.clone());
-            Outcome::default()
-        }
         Command::DsrIp(ip) => {
             host.dsr_ip = Some(*ip);
             Outcome::default()
@@ -207,6 +201,8 @@ pub fn execute(
                 None => reply.into(),
             }
         }
+        Command::Ssl(Ssl::RenegotiationInterval(_)) => Outcome::default(),
+        Command::Ssl(ssl) => act(String::new(), Action::Tls(ssl.clone())),
         Command::PendingMax(n) => {
             host.pending_max = *n;
             Outcome::default()
@@ -373,6 +369,11 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
         }
         Command::Source(ip) => {
             s.source = *ip;
+            String::new()
+        }
+        // Read at start-up only: direct server return replaces the listener.
+        Command::DsrIf(name) => {
+            s.dsr_if = Some(name.clone());
             String::new()
         }
         Command::TcpFastclose(f) => {

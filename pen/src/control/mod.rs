@@ -45,6 +45,31 @@ pub struct Context {
     pub origin: Origin,
 }
 
+/// A TLS setting command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ssl {
+    /// `ssl_ciphers [LIST]`: None goes back to the defaults.
+    Ciphers(Option<String>),
+    /// `ssl_client_renegotiation_interval S`: accepted; rustls never renegotiates.
+    RenegotiationInterval(Duration),
+    OcspResponse(PathBuf),
+    Option(String),
+    SniPath(PathBuf),
+}
+
+impl Ssl {
+    /// The command's name.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Ssl::Ciphers(_) => "ssl_ciphers",
+            Ssl::RenegotiationInterval(_) => "ssl_client_renegotiation_interval",
+            Ssl::OcspResponse(_) => "ssl_ocsp_response",
+            Ssl::Option(_) => "ssl_option",
+            Ssl::SniPath(_) => "ssl_sni_path",
+        }
+    }
+}
+
 /// One field change of `server N KEY VALUE ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerChange {
@@ -168,6 +193,8 @@ pub enum Command {
     Servers,
     Snapshot,
     Socket(i64),
+    /// The TLS settings (`ssl_*`), applied by the shell to the TLS configuration.
+    Ssl(Ssl),
     Source(Option<IpAddr>),
     Status,
     TarpitAcl(Option<Option<AclId>>),
@@ -196,6 +223,7 @@ impl Command {
             }
             Command::Log(Some(l)) if !log_is_network(l) => Some(PathBuf::from(l)),
             Command::Listen(Some((_, ListenAddr::Unix(p)))) => Some(p.clone()),
+            Command::Ssl(Ssl::OcspResponse(p) | Ssl::SniPath(p)) => Some(p.clone()),
             _ => None,
         }
     }
@@ -215,6 +243,8 @@ pub enum Action {
     Debug(u8),
     /// Keep this many idle upstream connections open.
     Idlers(usize),
+    /// Change the TLS configuration (rebuilt all or nothing).
+    Tls(Ssl),
     /// Force-close a connection.
     Close(ConnId),
     Exit,

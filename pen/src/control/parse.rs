@@ -6,19 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Command, ControlError, ServerAddress, ServerChange, Toggle, MAX_CLIENTS, MAX_CONNS, MAX_SERVERS,
+    Command, ControlError, ServerAddress, ServerChange, Ssl, Toggle, MAX_CLIENTS, MAX_CONNS,
+    MAX_SERVERS,
 };
 use crate::addr;
 use crate::balancer::{AclEntry, AclId, ConnId, FastClose};
 
 /// Commands of pen 0.34.1 whose feature this version does not have.
-const LATER: &[&str] = &[
-    "ssl_ciphers",
-    "ssl_client_renegotiation_interval",
-    "ssl_ocsp_response",
-    "ssl_option",
-    "ssl_sni_path",
-];
+const LATER: &[&str] = &[];
 
 /// Most idle upstream connections `idlers` may ask for.
 const MAX_IDLERS: usize = 10_000;
@@ -124,6 +119,26 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
         }
         "source" => Command::Source(Some(resolve("source", need(arg, "source", "address")?)?)),
         "status" => Command::Status,
+        "ssl_ciphers" => Command::Ssl(Ssl::Ciphers(arg.map(str::to_string))),
+        "ssl_client_renegotiation_interval" => Command::Ssl(Ssl::RenegotiationInterval(secs(
+            "ssl_client_renegotiation_interval",
+            need(
+                arg,
+                "ssl_client_renegotiation_interval",
+                "number of seconds",
+            )?,
+        )?)),
+        "ssl_ocsp_response" => Command::Ssl(Ssl::OcspResponse(PathBuf::from(need(
+            arg,
+            "ssl_ocsp_response",
+            "file name",
+        )?))),
+        "ssl_option" => Command::Ssl(Ssl::Option(need(arg, "ssl_option", "option")?.to_string())),
+        "ssl_sni_path" => Command::Ssl(Ssl::SniPath(PathBuf::from(need(
+            arg,
+            "ssl_sni_path",
+            "directory",
+        )?))),
         "tarpit_acl" => Command::TarpitAcl(
             arg.map(|a| match a {
                 "-1" => Ok(None),

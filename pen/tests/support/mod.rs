@@ -8,7 +8,9 @@
 // Each test crate uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod service;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -362,12 +364,13 @@ pub fn catches_signal(pid: u32, sig: u32) -> bool {
 pub const SIGINT: u32 = 2;
 pub const SIGTERM: u32 = 15;
 
-/// Inodes of TCP sockets listening on `port` (IPv4 and IPv6 tables).
-fn tcp_listen_inodes(port: u16) -> Vec<u64> {
+/// Inodes of TCP sockets listening on `port` in the network namespace of process `pid` (so a
+/// pen started in another namespace is seen too).
+fn tcp_listen_inodes(pid: u32, port: u16) -> Vec<u64> {
     let want = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+    ["tcp", "tcp6"]
         .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
+        .filter_map(|p| fs::read_to_string(format!("/proc/{pid}/net/{p}")).ok())
         .flat_map(|table| {
             table
                 .lines()
@@ -585,7 +588,7 @@ impl Pen {
                 return Some(Err(Some(status)));
             }
             let listening = match &addr {
-                PenAddr::Tcp(sa) => tcp_listen_inodes(sa.port()),
+                PenAddr::Tcp(sa) => tcp_listen_inodes(pid, sa.port()),
                 PenAddr::Unix(path) => unix_listen_inodes(path),
             };
             let mine = socket_inodes(pid);
