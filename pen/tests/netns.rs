@@ -418,7 +418,10 @@ fn direct_server_return_spreads_clients_follows_the_balancer_and_replies_bypass_
         rx.recv_timeout(WAIT * 2).unwrap(),
         "the tarpit did not answer the SYN"
     );
-    assert!(stats.tarpitted.load(Ordering::Relaxed) >= 1);
+    // The DSR thread publishes its counters as it goes: wait for them, bounded.
+    support::wait_until("the tarpit count", WAIT, || {
+        (stats.tarpitted.load(Ordering::Relaxed) >= 1).then_some(())
+    });
 }
 
 /// The same with the real binary in the pen namespace: `-o transparent` on the command line,
