@@ -8,9 +8,10 @@
 //! getopt's, and clap would have to be bent into it.
 
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
+use crate::addr::{self, AddrError, Backend, ListenAddr, ServerSpec};
 use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
 use crate::control::{self, Command, ControlError};
 
@@ -58,8 +59,8 @@ pub const FLAGS: &[Flag] = &[
     flag('B', Some("host:port"), "abuse server for clients denied by the client ACL", NotYet("access lists")),
     flag('C', Some("addr:port"), "control port", NotYet("the control port")),
     flag('T', Some("sec"), "client tracking time in seconds (0 = forever) [0]", Yes),
-    flag('H', None, "add X-Forwarded-For header in http requests", NotYet("HTTP header insertion")),
-    flag('U', None, "use udp protocol support", NotYet("UDP balancing")),
+    flag('H', None, "add X-Forwarded-For and X-Forwarded-Proto headers to http requests", Yes),
+    flag('U', None, "use udp protocol support", Yes),
     flag('O', Some("option"), "same as -o", Yes),
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
@@ -71,6 +72,7 @@ pub const FLAGS: &[Flag] = &[
     flag('e', Some("host:port"), "emergency server of last resort", Yes),
     flag('f', None, "stay in foreground", Yes),
     flag('h', None, "use hash for initial server selection", Yes),
+    flag('g', Some("file"), "GeoIP2/GeoLite2 country database (.mmdb) for country access lists", Yes),
     flag('j', Some("dir"), "run in chroot", NotYet("chroot")),
     flag('F', Some("file"), "name of configuration file", NotYet("configuration files")),
     flag('l', Some("file"), "logging on", NotYet("the request log")),
@@ -118,6 +120,10 @@ pub struct Options {
     pub foreground: bool,
     pub debug: u8,
     pub ascii: bool,
+    /// `-U`: balance UDP instead of TCP.
+    pub udp: bool,
+    /// `-g`: the country database to open at startup.
+    pub geoip: Option<PathBuf>,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -162,6 +168,8 @@ pub enum CliError {
     Server(AddrError),
     #[error("-{flag} {source}")]
     FlagServer { flag: char, source: AddrError },
+    #[error("-U: UDP needs IP addresses; {0} is a Unix socket")]
+    UdpUnix(String),
     #[error("-{flag} '{text}': {source}")]
     Command {
         flag: char,
@@ -234,6 +242,8 @@ struct Raw {
     foreground: bool,
     debug: u8,
     ascii: bool,
+    udp: bool,
+    geoip: Option<PathBuf>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -298,6 +308,9 @@ impl Raw {
             'e' => self.emergency = Some(v.to_string()),
             'f' => self.foreground = true,
             'h' => s.hash = true,
+            'g' => self.geoip = Some(PathBuf::from(v)),
+            'H' => s.http = true,
+            'U' => self.udp = true,
             'm' => {
                 let n: i64 = number(letter, v, "expected a number")?;
                 if n < 1 {
@@ -361,6 +374,20 @@ impl Raw {
                     .map_err(|source| CliError::FlagServer { flag: 'e', source })
             })
             .transpose()?;
+        if self.udp {
+            let unix = |b: &Backend| matches!(b, Backend::Unix(_));
+            let bad = match &listen {
+                ListenAddr::Unix(p) => Some(p.display().to_string()),
+                ListenAddr::Tcp(_) => servers
+                    .iter()
+                    .chain(&emergency)
+                    .find(|s| unix(&s.backend))
+                    .map(|s| s.backend.to_string()),
+            };
+            if let Some(bad) = bad {
+                return Err(CliError::UdpUnix(bad));
+            }
+        }
         Ok(Options {
             listen,
             servers,
@@ -377,6 +404,8 @@ impl Raw {
             foreground: self.foreground,
             debug: self.debug,
             ascii: self.ascii,
+            udp: self.udp,
+            geoip: self.geoip,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,
@@ -554,6 +583,11 @@ mod tests {
             let f = find_flag(c).unwrap_or_else(|| panic!("-{c} missing"));
             assert_eq!(f.arg.is_some(), takes_arg, "-{c}");
         }
-        assert_eq!(FLAGS.len(), pen.chars().filter(|c| *c != ':').count());
+        // Letters this pen adds: -g (the GeoIP database; pen 0.34.1 opened fixed paths).
+        let added = "g";
+        assert_eq!(
+            FLAGS.len(),
+            pen.chars().filter(|c| *c != ':').count() + added.len()
+        );
     }
 }

@@ -14,6 +14,8 @@ pub mod addr;
 pub mod balancer;
 pub mod cli;
 pub mod control;
+pub mod geoip;
+pub mod http;
 pub mod logging;
 pub mod net;
 pub mod proxy;

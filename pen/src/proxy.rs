@@ -8,6 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
+use crate::http::{Proto, Rewriter};
 use crate::net::{self, Listener, Stream};
 use crate::relay::{self, RelayEnd, RelayOptions};
 
@@ -174,7 +175,20 @@ async fn serve(shared: Arc<Shared>, client: Stream, peer: Peer, _permit: OwnedSe
                     idle_timeout: settings.idle_timeout,
                     fastclose: settings.fastclose,
                 };
-                match relay::relay(&mut client, &mut upstream, &counters, options).await {
+                let end = if settings.http {
+                    let mut rewriter = Rewriter::new(peer.ip, Proto::Http, settings.xff);
+                    relay::relay_rewriting(
+                        &mut client,
+                        &mut upstream,
+                        &counters,
+                        options,
+                        &mut rewriter,
+                    )
+                    .await
+                } else {
+                    relay::relay(&mut client, &mut upstream, &counters, options).await
+                };
+                match end {
                     RelayEnd::Error(side, e) => {
                         debug!("connection {}: {side:?} error: {e}", conn.0)
                     }

@@ -29,6 +29,33 @@ const READS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+    /// What a `Rewrite` makes of one read, before it is written (only used with `-H`).
+    static REWRITTEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A transformation of the client-to-server bytes (HTTP header insertion). The relay calls it
+/// for every read and writes what it produces instead; with `Verbatim` the bytes go straight
+/// from the read buffer, and the rewriting code is compiled out.
+pub trait Rewrite {
+    /// False only for `Verbatim`.
+    const ACTIVE: bool;
+    /// Append what to send for `input` to `out`. An error closes the connection, blamed on the
+    /// client.
+    fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()>;
+    /// The client sent EOF: append anything still held back.
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+/// No rewriting.
+pub struct Verbatim;
+
+impl Rewrite for Verbatim {
+    const ACTIVE: bool = false;
+    fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.extend_from_slice(input);
+        Ok(())
+    }
+    fn finish(&mut self, _out: &mut Vec<u8>) {}
 }
 
 /// Which side of the connection an error came from.
@@ -71,7 +98,8 @@ struct Half {
 impl Half {
     /// Move bytes from `src` to `dst` until one of them would block. Ready(Ok) once EOF has been
     /// forwarded. `progress` is set when any byte moved.
-    fn poll_pump<R, W>(
+    #[allow(clippy::too_many_arguments)]
+    fn poll_pump<R, W, X>(
         &mut self,
         other_done: bool,
         cx: &mut Context<'_>,
@@ -79,10 +107,12 @@ impl Half {
         dst: &mut W,
         mut count: impl FnMut(usize),
         progress: &mut bool,
+        rewrite: &mut X,
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
+        X: Rewrite,
     {
         // The bool in the error says whether it came from the source (true) or the destination.
         if self.done {
@@ -131,24 +161,36 @@ impl Half {
                     Poll::Ready(Err(e)) => Poll::Ready(Err((true, e))),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         self.eof = true;
+                        if X::ACTIVE {
+                            // Held-back bytes go out before the EOF is forwarded.
+                            rewrite.finish(&mut self.pending);
+                            count(self.pending.len());
+                        }
                         Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) if X::ACTIVE => {
+                        *progress = true;
+                        REWRITTEN
+                            .with(|out| {
+                                let mut out = out.borrow_mut();
+                                out.clear();
+                                let result = rewrite.rewrite(buf.filled(), &mut out);
+                                count(out.len());
+                                let sent = write_now(cx, dst, &out)?;
+                                self.pending.extend_from_slice(&out[sent..]);
+                                result.map_err(|e| (true, e))
+                            })
+                            .into()
                     }
                     Poll::Ready(Ok(())) => {
                         let data = buf.filled();
                         count(data.len());
                         *progress = true;
                         // Write straight from the scratch buffer; keep only what does not fit.
-                        let mut sent = 0;
-                        while sent < data.len() {
-                            match Pin::new(&mut *dst).poll_write(cx, &data[sent..]) {
-                                Poll::Ready(Ok(0)) => {
-                                    return Poll::Ready(Err((false, zero_write())))
-                                }
-                                Poll::Ready(Ok(n)) => sent += n,
-                                Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
-                                Poll::Pending => break,
-                            }
-                        }
+                        let sent = match write_now(cx, dst, data) {
+                            Ok(sent) => sent,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        };
                         self.pending.extend_from_slice(&data[sent..]);
                         Poll::Ready(Ok(()))
                     }
@@ -163,6 +205,24 @@ impl Half {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Write as much of `data` as `dst` takes without blocking; how much it took.
+fn write_now<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    dst: &mut W,
+    data: &[u8],
+) -> Result<usize, (bool, io::Error)> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match Pin::new(&mut *dst).poll_write(cx, &data[sent..]) {
+            Poll::Ready(Ok(0)) => return Err((false, zero_write())),
+            Poll::Ready(Ok(n)) => sent += n,
+            Poll::Ready(Err(e)) => return Err((false, e)),
+            Poll::Pending => break,
+        }
+    }
+    Ok(sent)
 }
 
 fn zero_write() -> io::Error {
@@ -182,6 +242,23 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_rewriting(client, server, counters, options, &mut Verbatim).await
+}
+
+/// `relay`, with the client-to-server bytes passed through `rewrite` (`-H`). The server's
+/// byte counter counts what was sent, after rewriting.
+pub async fn relay_rewriting<C, S, X>(
+    client: &mut C,
+    server: &mut S,
+    counters: &ConnCounters,
+    options: RelayOptions,
+    rewrite: &mut X,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    X: Rewrite,
+{
     let mut up = Half::default(); // client -> server
     let mut down = Half::default(); // server -> client
     let idle = options.idle_timeout;
@@ -198,6 +275,7 @@ where
             server,
             |n| counters.add_to_server(n),
             &mut progress,
+            rewrite,
         );
         if let Poll::Ready(Err((from_src, e))) = up_state {
             let side = if from_src { Side::Client } else { Side::Server };
@@ -210,6 +288,7 @@ where
             client,
             |n| counters.add_to_client(n),
             &mut progress,
+            &mut Verbatim,
         );
         if let Poll::Ready(Err((from_src, e))) = down_state {
             let side = if from_src { Side::Server } else { Side::Client };

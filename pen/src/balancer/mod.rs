@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use clients::{ClientEntry, ClientKey, ClientTable};
 
 use crate::addr::{Backend, ServerSpec};
+use crate::geoip::GeoIp;
 
 /// Index of a regular server slot (pen's server number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +71,10 @@ pub struct Settings {
     pub tcp_nodelay: bool,
     /// `keepalive`: SO_KEEPALIVE on upstream sockets.
     pub keepalive: bool,
+    /// `-H`, `http`: add X-Forwarded-For and X-Forwarded-Proto to every HTTP/1.x request.
+    pub http: bool,
+    /// What `-H` does with a client's own X-Forwarded-For and X-Forwarded-Proto.
+    pub xff: XffMode,
 }
 
 impl Default for Settings {
@@ -87,6 +92,8 @@ impl Default for Settings {
             fastclose: FastClose::Off,
             tcp_nodelay: true,
             keepalive: false,
+            http: false,
+            xff: XffMode::Append,
         }
     }
 }
@@ -101,6 +108,18 @@ pub enum FastClose {
     /// When the client has sent EOF and everything it sent was delivered.
     Down,
     Both,
+}
+
+/// How `-H` treats the forwarding headers a client sent itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XffMode {
+    /// The client's address is appended to its own X-Forwarded-For (`given, client`), and its
+    /// X-Forwarded-Proto is replaced: a client cannot pass itself off as another address.
+    #[default]
+    Append,
+    /// pen 0.34.1: a header the client sent is kept as it is and not added. Only safe when
+    /// every client is trusted.
+    Keep,
 }
 
 /// A server slot. A slot with no backend is blank (the table grew past it) and is never chosen.
@@ -236,6 +255,8 @@ pub struct Balancer {
     rr_cursor: usize,
     /// The server chosen most recently (the status page's "current").
     current: Option<Target>,
+    /// The country database for `country` access-list entries (read once, looked up in memory).
+    geoip: Option<Arc<GeoIp>>,
 }
 
 /// pen's default client table size (`-c`).
@@ -254,7 +275,23 @@ impl Balancer {
             live_conns: 0,
             rr_cursor: 0,
             current: None,
+            geoip: None,
         }
+    }
+
+    /// Use this country database from now on (None: no database; country entries never match).
+    pub fn set_geoip(&mut self, geoip: Option<Arc<GeoIp>>) {
+        self.geoip = geoip;
+    }
+
+    pub fn geoip(&self) -> Option<&Arc<GeoIp>> {
+        self.geoip.as_ref()
+    }
+
+    /// The country of a client address, for `country` access-list entries; None without a
+    /// database or when the database has no country for it (loopback, private addresses).
+    pub fn country(&self, ip: IpAddr) -> Option<[u8; 2]> {
+        self.geoip.as_ref()?.country(ip)
     }
 
     // ---- configuration -------------------------------------------------------------------
