@@ -21,3 +21,4 @@ pub mod net;
 pub mod proxy;
 pub mod relay;
 pub mod run;
+pub mod udp;

@@ -18,8 +18,10 @@ use std::sync::mpsc;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::addr::ListenAddr;
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
+use crate::udp::UdpPlane;
 
 /// How long open connections may take to finish after TERM or INT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -85,6 +87,22 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // Signal handlers go in before anything is bound: a TERM that arrives as soon as the port
     // answers must stop pen cleanly, not kill it with the default action.
     let mut signals = control.block_on(async { Signals::install() })?;
+    if options.udp {
+        let ListenAddr::Tcp(listen) = options.listen else {
+            anyhow::bail!("-U: UDP needs an IP listen address");
+        };
+        let plane = UdpPlane::start(listen, shared, conn_max)?;
+        info!(
+            "pen {} starting: listening on udp {}, {} servers",
+            env!("CARGO_PKG_VERSION"),
+            plane.local_addr(),
+            options.servers.len(),
+        );
+        control.block_on(signals.wait_for_stop());
+        info!("stopping");
+        plane.stop();
+        return Ok(());
+    }
     let bound = BoundListener::bind(&options.listen, options.backlog)?;
     let slots = Arc::new(Semaphore::new(conn_max.get()));
     let threads = data_threads();
