@@ -537,6 +537,26 @@ mod tests {
     }
 
     #[test]
+    fn udp_http_and_geoip_options() {
+        let o = run("-U -H -g /var/lib/GeoIP/x.mmdb 8080 127.0.0.1 [::1]:53");
+        assert!(o.udp && o.settings.http);
+        assert_eq!(o.geoip, Some(PathBuf::from("/var/lib/GeoIP/x.mmdb")));
+        assert!(!run("8080 127.0.0.1").udp);
+        for line in [
+            "-U /tmp/pen.sock 127.0.0.1",
+            "-U 8080 /tmp/s.sock",
+            "-U -e /tmp/e.sock 8080 127.0.0.1",
+        ] {
+            let e = err(line);
+            assert!(
+                e.starts_with("-U: UDP needs IP addresses") && e.contains(".sock"),
+                "{line}: {e}"
+            );
+        }
+        assert!(err("-g").contains("-g requires an argument"));
+    }
+
+    #[test]
     fn o_commands_apply_in_order_with_the_flags() {
         let line = [
             "-o",

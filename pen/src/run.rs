@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::balancer::{Balancer, Server, ServerId};
 use crate::cli::Options;
 use crate::control;
+use crate::geoip::GeoIp;
 use std::sync::mpsc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -172,6 +173,15 @@ fn data_threads() -> usize {
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
 fn build_balancer(options: &Options) -> anyhow::Result<Balancer> {
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
+    if let Some(path) = &options.geoip {
+        let geoip = GeoIp::open(path)?;
+        info!(
+            "GeoIP: {} ({})",
+            geoip.path().display(),
+            geoip.database_type()
+        );
+        balancer.set_geoip(Some(Arc::new(geoip)));
+    }
     let port = options.listen.default_port();
     for cmd in &options.commands {
         let reply = control::execute(cmd, &mut balancer, Instant::now(), port)

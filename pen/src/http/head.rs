@@ -49,6 +49,9 @@ pub fn parse_and_rewrite(
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(e) => return Ok(Parsed::Invalid(e)),
     };
+    if len > super::MAX_HEAD {
+        return Err(Rejected::HeadTooLarge);
+    }
     let offset = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
     let mut length: Option<u64> = None;
     let mut chunked = false;

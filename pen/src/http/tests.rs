@@ -243,6 +243,8 @@ fn heads_over_the_limit_are_refused_and_a_large_first_read_is_fine() {
         big.extend_from_slice(filler.as_bytes());
     }
     assert_eq!(run(&[&big]), Err(Rejected::HeadTooLarge));
+    // Complete, but too large all the same.
+    assert_eq!(run(&[&big, b"\r\n"]), Err(Rejected::HeadTooLarge));
     let halves = big.split_at(big.len() / 2);
     assert_eq!(run(&[halves.0, halves.1]), Err(Rejected::HeadTooLarge));
     // A request line that never ends is HTTP too large, not another protocol.
