@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(o.geoip, Some(PathBuf::from("/var/lib/GeoIP/x.mmdb")));
         assert!(!run("8080 127.0.0.1").udp);
         for line in [
-            "-U /tmp/pen.sock 127.0.0.1",
+            "-U /tmp/pen.sock 127.0.0.1:53",
             "-U 8080 /tmp/s.sock",
             "-U -e /tmp/e.sock 8080 127.0.0.1",
         ] {
