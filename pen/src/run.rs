@@ -73,7 +73,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let conn_max = options
         .conn_max
         .unwrap_or_else(|| default_conn_max(fd_limit));
-    if (conn_max.get() as u64).saturating_mul(2) + FD_RESERVE > fd_limit {
+    // (UDP sessions need one descriptor each; the UDP plane sizes its table itself.)
+    if !options.udp && (conn_max.get() as u64).saturating_mul(2) + FD_RESERVE > fd_limit {
         warn!(
             "-x {conn_max} needs about {} descriptors but the limit is {fd_limit}; \
              accepts will pause when descriptors run out",

@@ -18,7 +18,9 @@
 //!   forwarded. Passing it on unrewritten would let a client hide its own X-Forwarded-For from
 //!   pen, and an ambiguous length is how requests are smuggled.
 //! - After CONNECT or a protocol upgrade (`Connection: upgrade` with `Upgrade:`), the rest of
-//!   the connection is passed through untouched (a WebSocket, for instance).
+//!   the connection is passed through untouched (a WebSocket, for instance), unless what
+//!   follows is another HTTP/1.x request: the server refused the switch, and the client must not
+//!   be able to slip an unrewritten request through by asking for one first.
 
 mod head;
 #[cfg(test)]
@@ -113,7 +115,8 @@ enum State {
     ChunkEnd(u8),
     /// The trailer section after the last chunk; true while inside a non-empty line.
     Trailers(bool),
-    /// Everything passes through untouched from here on.
+    /// Everything passes through untouched from here on (not HTTP, or after a protocol
+    /// switch).
     Tunnel,
 }
 
@@ -128,6 +131,9 @@ pub struct Rewriter {
     held: Vec<u8>,
     /// Heads rewritten on this connection.
     requests: u64,
+    /// The last request asked to switch protocols (CONNECT, Upgrade): what follows is the new
+    /// protocol, unless it is another HTTP/1.x request (the server refused the switch).
+    switching: bool,
 }
 
 impl Rewriter {
@@ -140,6 +146,7 @@ impl Rewriter {
             state: State::Head,
             held: Vec::new(),
             requests: 0,
+            switching: false,
         }
     }
 
@@ -243,12 +250,13 @@ impl Rewriter {
         match parsed? {
             Parsed::Complete { len, framing } => {
                 self.requests += 1;
+                self.switching = framing == Framing::Tunnel;
                 STATS.requests.fetch_add(1, Ordering::Relaxed);
                 self.state = match framing {
                     Framing::None => State::Head,
                     Framing::Length(n) => State::Body(n),
                     Framing::Chunked => State::ChunkSize,
-                    Framing::Tunnel => State::Tunnel,
+                    Framing::Tunnel => State::Head,
                 };
                 Ok(Some(len))
             }
@@ -267,8 +275,10 @@ impl Rewriter {
         reason: Rejected,
         out: &mut Vec<u8>,
     ) -> Result<Option<usize>, Rejected> {
-        if self.requests == 0 && !head::looks_like_http1(buf) {
-            STATS.not_http.fetch_add(1, Ordering::Relaxed);
+        if (self.requests == 0 || self.switching) && !head::looks_like_http1(buf) {
+            if self.requests == 0 {
+                STATS.not_http.fetch_add(1, Ordering::Relaxed);
+            }
             self.state = State::Tunnel;
             out.extend_from_slice(buf);
             return Ok(Some(buf.len()));

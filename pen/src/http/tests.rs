@@ -300,6 +300,24 @@ fn after_connect_or_an_upgrade_the_connection_is_a_tunnel() {
 }
 
 #[test]
+fn a_refused_upgrade_cannot_smuggle_an_unrewritten_request() {
+    // The server answered the upgrade request with an error and kept the connection: the next
+    // request is HTTP again, and gets rewritten like any other.
+    let ws = b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    let next = b"GET /admin HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
+    let out = String::from_utf8(run(&[ws, next]).unwrap()).unwrap();
+    assert!(
+        out.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.21\r\n"),
+        "{out}"
+    );
+    let out = String::from_utf8(run(&[&[&ws[..], &next[..]].concat()]).unwrap()).unwrap();
+    assert!(
+        out.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.21\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
 fn proto_and_client_address_forms() {
     let mut out = Vec::new();
     let mut r = Rewriter::new(Some("::1".parse().unwrap()), Proto::Https, XffMode::Append);

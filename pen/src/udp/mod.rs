@@ -496,9 +496,11 @@ impl Plane {
 
     /// End a session already out of the table: stop its task, release its connection slot.
     fn finish(&self, session: &Rc<Session>, why: End) {
-        session.stop();
         if session.release() {
             self.shared.with(|b| b.closed(session.conn));
+        }
+        if !session.stop() {
+            return; // ended already
         }
         STATS.live.fetch_sub(1, Ordering::Relaxed);
         match why {

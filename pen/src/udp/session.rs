@@ -95,10 +95,14 @@ impl Session {
     }
 
     /// Stop the reply task (its socket closes when the task is dropped, on the next turn of
-    /// the UDP thread's scheduler).
-    pub fn stop(&self) {
-        if let Some(task) = self.task.borrow_mut().take() {
-            task.abort();
+    /// the UDP thread's scheduler). True the first time: the session has just ended.
+    pub fn stop(&self) -> bool {
+        match self.task.borrow_mut().take() {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
         }
     }
 
