@@ -56,15 +56,12 @@ pub use socket::is_server_failure;
 /// Sessions with no traffic for this long end, when `idle_timeout` is 0 (pen's default).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
-/// The largest UDP payload (IPv6, without jumbograms: 65535 - 8).
-pub const DATAGRAM_MAX: usize = 65_527;
-
-/// Client datagrams handled per wake-up before the sessions' tasks get a turn.
-const DATAGRAMS_PER_WAKE: usize = 32;
+/// Receive batches (of up to 16 datagrams) per wake-up before the sessions' tasks get a turn.
+const BATCHES_PER_WAKE: usize = 2;
 
 /// Descriptors kept free beside the sessions' sockets: stdio, the runtime, the listener, and the
 /// sockets of sessions ended in the current burst, which close when their tasks are dropped.
-const FD_RESERVE: u64 = 64 + 2 * DATAGRAMS_PER_WAKE as u64;
+const FD_RESERVE: u64 = 128;
 
 /// Counters over every session since startup, for statistics and the log.
 pub struct Stats {
@@ -119,11 +116,6 @@ impl fmt::Display for Stats {
 }
 
 static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
-
-thread_local! {
-    /// Where client datagrams are read into, on the UDP thread.
-    static DATAGRAM: RefCell<Box<[u8]>> = RefCell::new(vec![0; DATAGRAM_MAX].into_boxed_slice());
-}
 
 /// The running UDP data plane.
 pub struct UdpPlane {
@@ -276,30 +268,27 @@ impl Plane {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let mut handled = 0;
-            loop {
-                let got = DATAGRAM.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    let (n, client, local) = self.down.try_recv_from(&mut buf)?;
-                    self.on_datagram(&buf[..n], client, local, Instant::now());
-                    Ok::<_, io::Error>(())
+            // A few batches, then let the sessions' tasks run.
+            let mut drained = false;
+            for _ in 0..BATCHES_PER_WAKE {
+                let now = Instant::now();
+                let got = self.down.try_recv_batch(|data, client, local| {
+                    self.on_datagram(data, client, local, now);
                 });
                 match got {
-                    Ok(()) => {
-                        handled += 1;
-                        if handled == DATAGRAMS_PER_WAKE {
-                            handled = 0;
-                            tokio::task::yield_now().await;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Ok(()) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         // Not expected on an unconnected socket; never spin on it.
                         debug!("udp: receive: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
-                        break;
                     }
                 }
+                drained = true;
+                break;
+            }
+            if !drained {
+                tokio::task::yield_now().await;
             }
         }
     }

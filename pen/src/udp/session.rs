@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 use tracing::debug;
 
-use super::socket::{is_server_failure, LocalDst};
+use super::socket::{is_server_failure, try_recv_replies, LocalDst};
 use super::{Placed, Plane, STATS};
 use crate::balancer::{ConnCounters, ConnId, Target};
 
@@ -23,13 +23,8 @@ use crate::balancer::{ConnCounters, ConnId, Target};
 /// enough that a table full of sessions costs little.
 const KEEP_MAX: usize = 2048;
 
-/// Replies relayed per wake-up before other sessions get a turn.
-const REPLIES_PER_WAKE: usize = 32;
-
-thread_local! {
-    /// Where replies are read into, on the UDP thread (the largest datagram fits).
-    static REPLY: RefCell<Box<[u8]>> = RefCell::new(vec![0; super::DATAGRAM_MAX].into_boxed_slice());
-}
+/// Receive calls (of up to two replies) per wake-up before other sessions get a turn.
+const BATCHES_PER_WAKE: usize = 16;
 
 pub(super) struct Session {
     pub client: SocketAddr,
@@ -198,17 +193,11 @@ pub(super) async fn run(plane: Rc<Plane>, session: Rc<Session>) {
             }
         };
         let mut failure: Option<io::Error> = None;
-        let mut relayed = 0;
+        let mut batches = 0;
         if ready.is_readable() {
-            while relayed < REPLIES_PER_WAKE {
-                let got = REPLY.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    let n = socket.try_recv(&mut buf)?;
-                    session.reply(&plane, &buf[..n]);
-                    Ok::<_, io::Error>(())
-                });
-                match got {
-                    Ok(()) => relayed += 1,
+            while batches < BATCHES_PER_WAKE {
+                match try_recv_replies(&socket, |data| session.reply(&plane, data)) {
+                    Ok(()) => batches += 1,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if is_server_failure(&e) => {
                         failure = Some(e);
@@ -239,7 +228,7 @@ pub(super) async fn run(plane: Rc<Plane>, session: Rc<Session>) {
             if !plane.fail_over(&session, &e, Instant::now()) {
                 return;
             }
-        } else if relayed == REPLIES_PER_WAKE {
+        } else if batches == BATCHES_PER_WAKE {
             tokio::task::yield_now().await;
         }
     }

@@ -9,12 +9,12 @@
 use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use nix::libc;
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrIn, SockaddrIn6, SockaddrStorage,
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage,
 };
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::Interest;
@@ -66,8 +66,8 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
 /// The listening socket, registered with the UDP thread's runtime.
 pub struct Downstream {
     socket: UdpSocket,
-    /// Some for a wildcard listener: the control-message buffer for recvmsg.
-    pktinfo: Option<RefCell<Vec<u8>>>,
+    /// A wildcard listener: replies name their source address.
+    pktinfo: bool,
     v6: bool,
 }
 
@@ -76,10 +76,7 @@ impl Downstream {
     pub fn register(socket: std::net::UdpSocket) -> io::Result<Downstream> {
         let local = socket.local_addr()?;
         let socket = UdpSocket::from_std(socket)?;
-        let pktinfo = local
-            .ip()
-            .is_unspecified()
-            .then(|| RefCell::new(nix::cmsg_space!(libc::in6_pktinfo)));
+        let pktinfo = local.ip().is_unspecified();
         Ok(Downstream {
             socket,
             pktinfo,
@@ -91,49 +88,25 @@ impl Downstream {
         self.socket.readable().await
     }
 
-    /// One datagram if there is one: its length, its sender, and (wildcard listener) where it
-    /// was sent to.
-    pub fn try_recv_from(
+    /// Receive the datagrams waiting on the listener, up to `LISTEN_BATCH` per system call,
+    /// and hand each to `each(data, sender, where it was sent)`. Ok while more may be waiting;
+    /// WouldBlock once the queue is drained.
+    pub fn try_recv_batch(
         &self,
-        buf: &mut [u8],
-    ) -> io::Result<(usize, SocketAddr, Option<LocalDst>)> {
-        let Some(cmsg) = &self.pktinfo else {
-            let (n, from) = self.socket.try_recv_from(buf)?;
-            return Ok((n, from, None));
-        };
-        self.socket.try_io(Interest::READABLE, || {
-            let mut cmsg = cmsg.borrow_mut();
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrStorage>(
-                self.socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::empty(),
-            )?;
-            let from = msg
-                .address
-                .as_ref()
-                .and_then(socket_addr)
-                .ok_or_else(|| io::Error::other("datagram without a source address"))?;
-            let mut local = None;
-            for c in msg.cmsgs()? {
-                match c {
-                    ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                        local = Some(LocalDst {
-                            addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr))),
-                            ifindex: u32::try_from(pi.ipi_ifindex).unwrap_or(0),
-                        })
+        mut each: impl FnMut(&[u8], SocketAddr, Option<LocalDst>),
+    ) -> io::Result<()> {
+        LISTEN.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            self.socket.try_io(Interest::READABLE, || {
+                let n = batch.recv(self.socket.as_raw_fd())?;
+                for i in 0..n {
+                    let (data, from, local) = batch.get(i);
+                    if let Some(from) = from {
+                        each(data, from, local);
                     }
-                    ControlMessageOwned::Ipv6PacketInfo(pi) => {
-                        local = Some(LocalDst {
-                            addr: IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)),
-                            ifindex: pi.ipi6_ifindex,
-                        })
-                    }
-                    _ => {}
                 }
-            }
-            Ok((msg.bytes, from, local))
+                drained(n, LISTEN_BATCH)
+            })
         })
     }
 
@@ -146,7 +119,7 @@ impl Downstream {
         to: SocketAddr,
         local: Option<LocalDst>,
     ) -> io::Result<usize> {
-        let Some(local) = local.filter(|_| self.pktinfo.is_some()) else {
+        let Some(local) = local.filter(|_| self.pktinfo) else {
             return SockRef::from(&self.socket).send_to(buf, &to.into());
         };
         let fd = self.socket.as_raw_fd();
@@ -210,6 +183,107 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     }
     s.as_sockaddr_in6()
         .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+}
+
+/// Datagrams taken from the listener per system call.
+const LISTEN_BATCH: usize = 16;
+/// Datagrams taken from an upstream socket per system call: usually one reply is waiting, and
+/// asking for two tells whether the queue is now empty without a second call.
+const REPLY_BATCH: usize = 2;
+/// Room for one datagram: the largest UDP payload fits.
+const SLOT: usize = 65_536;
+
+thread_local! {
+    static LISTEN: RefCell<Batch<LISTEN_BATCH>> = RefCell::new(Batch::new());
+    static REPLIES: RefCell<Batch<REPLY_BATCH>> = RefCell::new(Batch::new());
+}
+
+/// Ok after a full batch (more may be waiting); WouldBlock after a short one, so that tokio
+/// forgets the socket's readiness without another system call to find it empty. Safe with
+/// edge-triggered epoll: a datagram arriving after the call raises a new event.
+fn drained(received: usize, batch: usize) -> io::Result<()> {
+    if received < batch {
+        Err(io::ErrorKind::WouldBlock.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Buffers and headers for receiving up to N datagrams with one `recvmmsg`, reused for every
+/// call on the UDP thread.
+struct Batch<const N: usize> {
+    bufs: Box<[u8]>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Length, sender and destination of each datagram of the last call.
+    meta: Vec<(usize, Option<SocketAddr>, Option<LocalDst>)>,
+}
+
+impl<const N: usize> Batch<N> {
+    fn new() -> Self {
+        Batch {
+            bufs: vec![0; N * SLOT].into_boxed_slice(),
+            headers: MultiHeaders::preallocate(N, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+            meta: Vec::with_capacity(N),
+        }
+    }
+
+    /// Receive what is waiting, up to N datagrams, without blocking; how many came.
+    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let Batch {
+            bufs,
+            headers,
+            meta,
+        } = self;
+        let mut slots = bufs.chunks_mut(SLOT);
+        let mut iovs: [[IoSliceMut<'_>; 1]; N] =
+            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+        let received = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
+        meta.clear();
+        for msg in received {
+            let from = msg.address.as_ref().and_then(socket_addr);
+            let local = msg
+                .cmsgs()
+                .ok()
+                .and_then(|mut cmsgs| cmsgs.find_map(local_dst));
+            meta.push((msg.bytes, from, local));
+        }
+        Ok(meta.len())
+    }
+
+    fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, Option<LocalDst>) {
+        let (len, from, local) = self.meta[i];
+        (&self.bufs[i * SLOT..i * SLOT + len], from, local)
+    }
+}
+
+fn local_dst(c: ControlMessageOwned) -> Option<LocalDst> {
+    match c {
+        ControlMessageOwned::Ipv4PacketInfo(pi) => Some(LocalDst {
+            addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr))),
+            ifindex: u32::try_from(pi.ipi_ifindex).unwrap_or(0),
+        }),
+        ControlMessageOwned::Ipv6PacketInfo(pi) => Some(LocalDst {
+            addr: IpAddr::V6(Ipv6Addr::from(pi.ipi6_addr.s6_addr)),
+            ifindex: pi.ipi6_ifindex,
+        }),
+        _ => None,
+    }
+}
+
+/// Receive the replies waiting on a session's upstream socket and hand each to `each`. Ok while
+/// more may be waiting; WouldBlock once drained; other errors are the socket's (an ICMP error
+/// from the server shows here as ECONNREFUSED).
+pub fn try_recv_replies(socket: &UdpSocket, mut each: impl FnMut(&[u8])) -> io::Result<()> {
+    REPLIES.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        socket.try_io(Interest::READABLE, || {
+            let n = batch.recv(socket.as_raw_fd())?;
+            for i in 0..n {
+                each(batch.get(i).0);
+            }
+            drained(n, REPLY_BATCH)
+        })
+    })
 }
 
 /// A new socket connected to a server: the kernel then delivers only that server's datagrams to
