@@ -131,7 +131,8 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-fn describe(target: Target) -> String {
+/// How logs name a target.
+pub(crate) fn describe(target: Target) -> String {
     match target {
         Target::Server(id) => format!("server {}", id.0),
         Target::Emergency => "the emergency server".to_string(),

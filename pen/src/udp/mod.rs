@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 use crate::addr::Backend;
 use crate::balancer::{Admission, ConnCounters, ConnId, Peer, Target};
 use crate::net;
-use crate::proxy::{RateLimit, Shared};
+use crate::proxy::{describe, RateLimit, Shared};
 use session::Session;
 use socket::{connect_upstream, Downstream, LocalDst};
 use table::SessionTable;
@@ -532,13 +532,5 @@ impl Plane {
             let Some((_, session)) = next else { break };
             self.finish(&session, End::Shutdown);
         }
-    }
-}
-
-fn describe(target: Target) -> String {
-    match target {
-        Target::Server(id) => format!("server {}", id.0),
-        Target::Emergency => "the emergency server".to_string(),
-        Target::Abuse => "the abuse server".to_string(),
     }
 }

@@ -41,7 +41,10 @@ pub(super) struct Session {
     /// The last datagram either way.
     pub last_activity: Cell<Instant>,
     /// The last datagram sent upstream, while no reply has come since (for failover).
-    kept: RefCell<Option<Box<[u8]>>>,
+    /// (A reused buffer: no allocation per datagram once it has grown to the session's size.)
+    kept: RefCell<Vec<u8>>,
+    /// `kept` holds a datagram (an empty datagram is a datagram too).
+    unanswered: Cell<bool>,
     task: RefCell<Option<AbortHandle>>,
     /// The balancer has released (or forgotten) the connection slot.
     released: Cell<bool>,
@@ -65,7 +68,8 @@ impl Session {
             counters: placed.counters,
             refusals: RefCell::new(refusals),
             last_activity: Cell::new(now),
-            kept: RefCell::new(None),
+            kept: RefCell::new(Vec::new()),
+            unanswered: Cell::new(false),
             task: RefCell::new(None),
             released: Cell::new(false),
         }
@@ -118,7 +122,13 @@ impl Session {
     /// Forward a client datagram to the server.
     pub fn send(self: &Rc<Self>, plane: &Rc<Plane>, data: &[u8], now: Instant) {
         self.last_activity.set(now);
-        *self.kept.borrow_mut() = (data.len() <= KEEP_MAX).then(|| data.into());
+        let keep = data.len() <= KEEP_MAX;
+        if keep {
+            let mut kept = self.kept.borrow_mut();
+            kept.clear();
+            kept.extend_from_slice(data);
+        }
+        self.unanswered.set(keep);
         let sent = send_now(&self.upstream.borrow(), data);
         match sent {
             Ok(n) => {
@@ -138,9 +148,11 @@ impl Session {
 
     /// Send the kept datagram again, to the server that just took over.
     pub fn resend_kept(&self) {
-        let kept = self.kept.borrow();
-        let Some(data) = kept.as_deref() else { return };
-        let sent = send_now(&self.upstream.borrow(), data);
+        if !self.unanswered.get() {
+            return;
+        }
+        let data = self.kept.borrow();
+        let sent = send_now(&self.upstream.borrow(), &data);
         match sent {
             Ok(n) => {
                 self.counters.add_to_server(n);
@@ -157,7 +169,7 @@ impl Session {
     fn reply(&self, plane: &Plane, data: &[u8]) {
         STATS.from_servers.fetch_add(1, Ordering::Relaxed);
         self.last_activity.set(Instant::now());
-        self.kept.borrow_mut().take();
+        self.unanswered.set(false);
         match plane.down.try_send_to(data, self.client, self.local) {
             Ok(n) => {
                 self.counters.add_to_client(n);
