@@ -2,13 +2,17 @@
 //! server, chosen by the same balancer as TCP connections (tracking, round robin, hash, weight,
 //! prio, limits, the emergency server).
 //!
-//! Shape: one thread with its own single-threaded runtime. The listening socket receives every
-//! client datagram; the session table (client address and port -> session) finds or opens the
-//! session; the datagram goes out on the session's own socket, connected to its server. Each
-//! session has a small task that waits on that socket and sends the server's replies to the
-//! client through the listening socket, from the address the client sent to. A session costs
-//! one descriptor, the kernel routes replies to the right session, and an ICMP port unreachable
-//! from a server comes back as ECONNREFUSED on exactly the sessions it concerns.
+//! Shape: one thread running one level-triggered epoll loop, as C pen does, rather than a
+//! tokio runtime: a UDP relay has no streams to drive, and a plain loop does each request with
+//! the four system calls it needs (receive from the client, send to the server, receive the
+//! reply, send it back), takes a session's socket out of the loop by closing it, and keeps no
+//! task per session. The listening socket receives every client datagram (`recvmmsg`, 16 at a
+//! time); the session table (client address and port -> session) finds or opens the session;
+//! the datagram goes out on the session's own socket, connected to its server, and the server's
+//! replies go back through the listening socket, from the address the client sent to. A
+//! session costs one descriptor, the kernel routes replies to the right session, and an ICMP
+//! port unreachable from a server comes back as ECONNREFUSED on exactly the session it
+//! concerns.
 //!
 //! Differences from pen 0.34.1, which opened two sockets per session and kept them until its
 //! connection table wrapped round: sessions expire after `idle_timeout` (60 s when that is 0);
@@ -17,38 +21,36 @@
 //! sessions move to another server (the datagram that was refused is sent again there); every
 //! datagram is counted, both ways.
 //!
-//! Invariants: everything here lives on the UDP thread (`Rc`, `RefCell`), except the balancer,
-//! reached through `Shared::with` (never across an await); no datagram is queued in pen (when a
-//! socket cannot take one at once, it is dropped and counted, as a router would); the number of
-//! open sockets is bounded by the table's capacity.
+//! Invariants: everything here is owned by the UDP thread, except the balancer, reached through
+//! `Shared::with`; nothing blocks but `epoll_wait`; no datagram is queued in pen (when a socket
+//! cannot take one at once, it is dropped and counted, as a router would); the number of open
+//! sockets is bounded by the table's capacity.
 
 mod session;
 mod socket;
 mod table;
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
-use tokio::task::LocalSet;
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{debug, info, warn};
 
 use crate::addr::Backend;
-use crate::balancer::{Admission, ConnCounters, ConnId, Peer, Target};
+use crate::balancer::{Admission, Peer, Target};
 use crate::net;
 use crate::proxy::{describe, RateLimit, Shared};
-use session::Session;
-use socket::{connect_upstream, Downstream, LocalDst};
+use session::{Placed, Session};
+use socket::{connect_upstream, Batch, Downstream, LocalDst, BATCH};
 use table::SessionTable;
 
 pub use socket::is_server_failure;
@@ -56,12 +58,17 @@ pub use socket::is_server_failure;
 /// Sessions with no traffic for this long end, when `idle_timeout` is 0 (pen's default).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
-/// Receive batches (of up to 16 datagrams) per wake-up before the sessions' tasks get a turn.
-const BATCHES_PER_WAKE: usize = 2;
+/// Receive batches of client datagrams per turn of the loop; more waiting stays for the next
+/// turn (the loop is level-triggered), so replies are not starved.
+const BATCHES_PER_TURN: usize = 4;
 
-/// Descriptors kept free beside the sessions' sockets: stdio, the runtime, the listener, and the
-/// sockets of sessions ended in the current burst, which close when their tasks are dropped.
-const FD_RESERVE: u64 = 128;
+/// Descriptors kept free beside the sessions' sockets: stdio, the listener, epoll, the
+/// runtime of the main thread.
+const FD_RESERVE: u64 = 64;
+
+/// Epoll tokens that are not sessions (sessions use their slot number).
+const LISTENER: u64 = u64::MAX;
+const STOP: u64 = u64::MAX - 1;
 
 /// Counters over every session since startup, for statistics and the log.
 pub struct Stats {
@@ -119,7 +126,7 @@ static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
 
 /// The running UDP data plane.
 pub struct UdpPlane {
-    stop: Option<oneshot::Sender<()>>,
+    stop: Arc<EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
     local_addr: SocketAddr,
 }
@@ -135,19 +142,40 @@ impl UdpPlane {
         let socket = socket::bind(listen)?;
         let local_addr = socket.local_addr().context("udp listener")?;
         let capacity = sessions_for_descriptors(sessions_max);
-        let (stop, stop_rx) = oneshot::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("udp: epoll")?;
+        let stop = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .context("udp: eventfd")?,
+        );
+        let down = Downstream::new(socket).context("udp listener")?;
+        epoll
+            .add(&down, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))
+            .context("udp: epoll")?;
+        epoll
+            .add(&*stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))
+            .context("udp: epoll")?;
+        let plane = Plane {
+            shared,
+            epoll,
+            down,
+            table: SessionTable::new(capacity),
+            slots: Vec::new(),
+            free: Vec::new(),
+            refusals: HashMap::new(),
+            reply: vec![0; 65_536].into_boxed_slice(),
+        };
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("pen-udp".into())
-            .spawn(move || udp_thread(socket, shared, capacity, stop_rx, ready_tx))
+            .spawn(move || {
+                let _ = ready_tx.send(());
+                plane.run();
+            })
             .context("can't start the UDP thread")?;
-        ready_rx
-            .recv()
-            .context("the UDP thread died while starting")?
-            .context("can't register the UDP listener")?;
+        ready_rx.recv().context("the UDP thread died while starting")?;
         info!("udp: up to {capacity} sessions, idle ones end after idle_timeout (60 s when 0)");
         Ok(UdpPlane {
-            stop: Some(stop),
+            stop,
             thread: Some(thread),
             local_addr,
         })
@@ -159,9 +187,7 @@ impl UdpPlane {
 
     /// End every session and the thread.
     pub fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.stop.write(1);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 warn!("the UDP thread panicked");
@@ -185,47 +211,6 @@ fn sessions_for_descriptors(wanted: NonZeroUsize) -> NonZeroUsize {
     }
 }
 
-fn udp_thread(
-    socket: std::net::UdpSocket,
-    shared: Arc<Shared>,
-    capacity: NonZeroUsize,
-    stop: oneshot::Receiver<()>,
-    ready: mpsc::Sender<io::Result<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    LocalSet::new().block_on(&runtime, async move {
-        let down = match Downstream::register(socket) {
-            Ok(down) => down,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let plane = Rc::new(Plane {
-            shared,
-            down,
-            table: RefCell::new(SessionTable::new(capacity)),
-            refusals: RefCell::default(),
-        });
-        let _ = ready.send(Ok(()));
-        tokio::select! {
-            () = plane.clone().listen() => {}
-            () = plane.clone().sweep() => {}
-            _ = stop => {}
-        }
-        plane.shutdown();
-    });
-}
-
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -236,80 +221,95 @@ enum End {
     Moved,
     /// No server would take it after a failure.
     NoServer,
-    Error,
     Shutdown,
 }
 
-/// Where the balancer put a session, with its connected socket.
-pub(crate) struct Placed {
-    conn: ConnId,
-    target: Target,
-    backend: SocketAddr,
-    socket: UdpSocket,
-    counters: Arc<ConnCounters>,
-}
-
 /// The UDP thread's state.
-pub(crate) struct Plane {
+struct Plane {
     shared: Arc<Shared>,
+    epoll: Epoll,
     down: Downstream,
-    table: RefCell<SessionTable<Rc<Session>>>,
+    /// Client address and port -> slot.
+    table: SessionTable<usize>,
+    /// The sessions; a session's slot number is its epoll token.
+    slots: Vec<Option<Session>>,
+    free: Vec<usize>,
     /// Per server, how many times it refused a datagram. A session placed on it before the
     /// latest refusal is moved on its next datagram, so one ICMP error moves every session of
     /// a dead server, not just the one that heard it.
-    refusals: RefCell<HashMap<Target, Rc<Cell<u64>>>>,
+    refusals: HashMap<Target, u64>,
+    /// Where replies are read into.
+    reply: Box<[u8]>,
 }
 
 impl Plane {
-    async fn listen(self: Rc<Self>) {
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
+        let mut batch = Batch::new();
+        let mut next_sweep = Instant::now();
         loop {
-            if let Err(e) = self.down.readable().await {
-                warn!("udp: listener: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            // A few batches, then let the sessions' tasks run.
-            let mut drained = false;
-            for _ in 0..BATCHES_PER_WAKE {
-                let now = Instant::now();
-                let got = self.down.try_recv_batch(|data, client, local| {
-                    self.on_datagram(data, client, local, now);
-                });
-                match got {
-                    Ok(()) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        // Not expected on an unconnected socket; never spin on it.
-                        debug!("udp: receive: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::MAX);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!("udp: epoll_wait: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-                drained = true;
-                break;
+            };
+            let now = Instant::now();
+            for event in &events[..n] {
+                match event.data() {
+                    STOP => {
+                        self.shutdown();
+                        return;
+                    }
+                    LISTENER => self.relay_from_clients(&mut batch, now),
+                    token => self.relay_reply(token as usize, now),
+                }
             }
-            if !drained {
-                tokio::task::yield_now().await;
+            if now >= next_sweep {
+                let idle = self.idle_timeout();
+                self.sweep(now, idle);
+                next_sweep = now + (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
             }
         }
     }
 
-    fn on_datagram(
-        self: &Rc<Self>,
-        data: &[u8],
-        client: SocketAddr,
-        local: Option<LocalDst>,
-        now: Instant,
-    ) {
+    /// The listener is readable: handle a few batches of client datagrams.
+    fn relay_from_clients(&mut self, batch: &mut Batch, now: Instant) {
+        for _ in 0..BATCHES_PER_TURN {
+            let n = match self.down.recv_batch(batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    // Not expected on an unconnected socket.
+                    debug!("udp: receive: {e}");
+                    return;
+                }
+            };
+            for i in 0..n {
+                if let (data, Some(client), local) = batch.get(i) {
+                    self.on_datagram(data, client, local, now);
+                }
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], client: SocketAddr, local: Option<LocalDst>, now: Instant) {
         STATS.from_clients.fetch_add(1, Ordering::Relaxed);
-        let found = self.table.borrow_mut().touch(&client, now).cloned();
-        let session = match found {
-            Some(s) if !s.is_stale() => s,
+        let token = match self.table.touch(&client, now).copied() {
+            Some(token) if !self.is_stale(token) => token,
             found => {
                 if let Some(stale) = found {
-                    self.end(&stale, End::Moved);
+                    self.end(stale, End::Moved);
                 }
                 match self.open(client, local, now) {
-                    Some(s) => s,
+                    Some(token) => token,
                     None => {
                         STATS.dropped.fetch_add(1, Ordering::Relaxed);
                         return;
@@ -317,22 +317,70 @@ impl Plane {
                 }
             }
         };
-        session.send(self, data, now);
+        let Some(session) = self.session(token) else { return };
+        session.last_activity = now;
+        session.keep(data);
+        match session.socket.send(data) {
+            Ok(n) => {
+                session.counters.add_to_server(n);
+                STATS.to_servers.fetch_add(1, Ordering::Relaxed);
+            }
+            // An ICMP error from an earlier datagram: move, and send this one there.
+            Err(e) if is_server_failure(&e) => self.fail_over(token, &e, now),
+            Err(e) => {
+                STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!("udp: datagram from {client} dropped: {e}");
+            }
+        }
+    }
+
+    /// A session's socket is readable (or has an error): relay one reply. Level-triggered, so
+    /// another waiting reply brings the socket back in the next turn, and no call is spent
+    /// finding the socket empty.
+    fn relay_reply(&mut self, token: usize, now: Instant) {
+        // Disjoint fields: the session, the reply buffer and the listener.
+        let Some(Some(session)) = self.slots.get_mut(token) else {
+            return; // ended earlier in this turn
+        };
+        match session.socket.recv(&mut self.reply) {
+            Ok(n) => {
+                STATS.from_servers.fetch_add(1, Ordering::Relaxed);
+                session.last_activity = now;
+                session.answered();
+                match self.down.send_to(&self.reply[..n], session.client, session.local) {
+                    Ok(n) => {
+                        session.counters.add_to_client(n);
+                        STATS.to_clients.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                        debug!("udp: reply to {} dropped: {e}", session.client);
+                    }
+                }
+            }
+            // An event for a socket that has since been replaced or drained.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if is_server_failure(&e) => self.fail_over(token, &e, now),
+            Err(e) => debug!("udp: session {}: {e}", session.client),
+        }
+    }
+
+    fn session(&mut self, token: usize) -> Option<&mut Session> {
+        self.slots.get_mut(token).and_then(Option::as_mut)
+    }
+
+    /// Its server refused a datagram since the session was placed there.
+    fn is_stale(&self, token: usize) -> bool {
+        self.slots
+            .get(token)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| self.refusals.get(&s.target).copied().unwrap_or(0) != s.refusals_seen)
     }
 
     /// A new session for `client`, placed by the balancer; None if no server takes it.
-    fn open(
-        self: &Rc<Self>,
-        client: SocketAddr,
-        local: Option<LocalDst>,
-        now: Instant,
-    ) -> Option<Rc<Session>> {
+    fn open(&mut self, client: SocketAddr, local: Option<LocalDst>, now: Instant) -> Option<usize> {
         // Make room first, so that the new socket has a descriptor.
-        let full = {
-            let table = self.table.borrow();
-            table.len() >= table.capacity()
-        };
-        if full {
+        if self.table.len() >= self.table.capacity() {
             self.recycle_one();
         }
         let peer = Peer {
@@ -341,34 +389,50 @@ impl Plane {
         };
         let admission = self.shared.with(|b| b.admit(peer, now));
         let placed = self.place(admission, now)?;
-        let refusals = self.refusals_of(placed.target);
+        let token = self.free.pop().unwrap_or(self.slots.len());
+        let registered = self.epoll.add(
+            &placed.socket,
+            EpollEvent::new(EpollFlags::EPOLLIN, token as u64),
+        );
+        if let Err(e) = registered {
+            if LOCAL_FAILURE_LOG.allow(Instant::now()) {
+                warn!("udp: can't watch a new socket: {e}");
+            }
+            self.shared.with(|b| b.closed(placed.conn));
+            if token < self.slots.len() {
+                self.free.push(token);
+            }
+            return None;
+        }
         debug!(
             "udp: session {client} -> {} ({})",
             describe(placed.target),
             placed.backend
         );
-        let session = Rc::new(Session::new(client, local, placed, refusals, now));
-        let evicted = self.table.borrow_mut().insert(client, session.clone(), now);
-        if let Some((_, old)) = evicted {
-            self.finish(&old, End::Recycled);
+        let seen = self.refusals.get(&placed.target).copied().unwrap_or(0);
+        let session = Session::new(client, local, placed, seen, now);
+        if token == self.slots.len() {
+            self.slots.push(Some(session));
+        } else {
+            self.slots[token] = Some(session);
         }
-        let task = tokio::task::spawn_local(session::run(self.clone(), session.clone()));
-        session.set_task(task.abort_handle());
+        if let Some((_, old)) = self.table.insert(client, token, now) {
+            self.finish(old, End::Recycled);
+        }
         STATS.sessions.fetch_add(1, Ordering::Relaxed);
         STATS.live.fetch_add(1, Ordering::Relaxed);
-        Some(session)
+        Some(token)
     }
 
-    fn recycle_one(&self) {
-        let oldest = self.table.borrow_mut().pop_lru();
-        if let Some((_, old)) = oldest {
-            self.finish(&old, End::Recycled);
+    fn recycle_one(&mut self) {
+        if let Some((_, token)) = self.table.pop_lru() {
+            self.finish(token, End::Recycled);
         }
     }
 
     /// Open a socket to the backend the balancer chose, failing over as it says. None when no
     /// server is left (the balancer then no longer holds the connection slot).
-    fn place(&self, mut admission: Admission, now: Instant) -> Option<Placed> {
+    fn place(&mut self, mut admission: Admission, now: Instant) -> Option<Placed> {
         loop {
             let Admission::Connect {
                 conn,
@@ -400,96 +464,94 @@ impl Plane {
                 }
                 Err(e) if net::is_local_failure(&e) => {
                     if LOCAL_FAILURE_LOG.allow(Instant::now()) {
-                        warn!("udp: can't open a socket to {addr}: {e}; recycling sessions");
+                        warn!("udp: can't open a socket to {addr}: {e}; recycling a session");
                     }
                     self.shared.with(|b| b.closed(conn));
-                    // Sockets of ended sessions close when their tasks are dropped, after this
-                    // burst: free a few for the datagrams that follow.
-                    for _ in 0..4 {
-                        self.recycle_one();
-                    }
+                    self.recycle_one();
                     return None;
                 }
                 Err(e) => {
-                    info!(
-                        "udp: {} ({addr}) failed: {e}; blacklisting it",
-                        describe(target)
-                    );
+                    info!("udp: {} ({addr}) failed: {e}; blacklisting it", describe(target));
                     admission = self.shared.with(|b| b.connect_failed(conn, now));
                 }
             }
         }
     }
 
-    /// The server of `session` refused a datagram (ICMP unreachable): blacklist it, move the
-    /// session to the next server and send its last datagram again there. False if no server
-    /// is left; the session has then ended.
-    fn fail_over(self: &Rc<Self>, session: &Rc<Session>, error: &io::Error, now: Instant) -> bool {
-        let target = session.target();
+    /// The server of a session refused a datagram (ICMP unreachable): blacklist it, move the
+    /// session to the next server and send its last datagram again there, or end the session
+    /// when no server is left.
+    fn fail_over(&mut self, token: usize, error: &io::Error, now: Instant) {
+        let Some(session) = self.session(token) else { return };
+        let (target, backend, conn) = (session.target, session.backend, session.conn);
         info!(
-            "udp: {} ({}) refused a datagram: {error}; blacklisting it",
-            describe(target),
-            session.backend()
+            "udp: {} ({backend}) refused a datagram: {error}; blacklisting it",
+            describe(target)
         );
-        let refusals = self.refusals_of(target).0;
-        refusals.set(refusals.get() + 1);
+        *self.refusals.entry(target).or_default() += 1;
         STATS.failed_over.fetch_add(1, Ordering::Relaxed);
-        let admission = self.shared.with(|b| b.connect_failed(session.conn, now));
-        match self.place(admission, now) {
-            Some(placed) => {
-                debug!(
-                    "udp: session {} moved to {} ({})",
-                    session.client,
-                    describe(placed.target),
-                    placed.backend
-                );
-                let refusals = self.refusals_of(placed.target);
-                session.move_to(placed, refusals);
-                session.resend_kept();
-                true
+        let admission = self.shared.with(|b| b.connect_failed(conn, now));
+        let placed = self.place(admission, now);
+        let Some(placed) = placed else {
+            // The balancer has already let go of the connection slot.
+            if let Some(session) = self.session(token) {
+                session.released = true;
             }
-            None => {
-                // The balancer has already let go of the connection slot.
-                session.release();
-                self.end(session, End::NoServer);
-                false
+            self.end(token, End::NoServer);
+            return;
+        };
+        let registered = self.epoll.add(
+            &placed.socket,
+            EpollEvent::new(EpollFlags::EPOLLIN, token as u64),
+        );
+        let seen = self.refusals.get(&placed.target).copied().unwrap_or(0);
+        let Some(session) = self.session(token) else { return };
+        debug!(
+            "udp: session {} moved to {} ({})",
+            session.client,
+            describe(placed.target),
+            placed.backend
+        );
+        // The old socket closes here, which takes it out of the epoll set.
+        session.move_to(placed, seen);
+        if registered.is_err() {
+            self.end(token, End::NoServer);
+            return;
+        }
+        if let Some(data) = session.kept() {
+            match session.socket.send(data) {
+                Ok(n) => {
+                    session.counters.add_to_server(n);
+                    STATS.to_servers.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                    debug!("udp: datagram from {} dropped: {e}", session.client);
+                }
             }
         }
-    }
-
-    /// The refusal counter of `target`, and its value now.
-    fn refusals_of(&self, target: Target) -> (Rc<Cell<u64>>, u64) {
-        let cell = self
-            .refusals
-            .borrow_mut()
-            .entry(target)
-            .or_default()
-            .clone();
-        let seen = cell.get();
-        (cell, seen)
     }
 
     /// End a session that may still be in the table.
-    fn end(&self, session: &Rc<Session>, why: End) {
-        {
-            let mut table = self.table.borrow_mut();
-            if table
-                .peek(&session.client)
-                .is_some_and(|s| Rc::ptr_eq(s, session))
-            {
-                table.remove(&session.client);
+    fn end(&mut self, token: usize, why: End) {
+        let client = self.session(token).map(|s| s.client);
+        if let Some(client) = client {
+            if self.table.peek(&client) == Some(&token) {
+                self.table.remove(&client);
             }
         }
-        self.finish(session, why);
+        self.finish(token, why);
     }
 
-    /// End a session already out of the table: stop its task, release its connection slot.
-    fn finish(&self, session: &Rc<Session>, why: End) {
-        if session.release() {
-            self.shared.with(|b| b.closed(session.conn));
-        }
-        if !session.stop() {
+    /// End a session already out of the table: release its connection slot and close its
+    /// socket (which also takes it out of the epoll set).
+    fn finish(&mut self, token: usize, why: End) {
+        let Some(session) = self.slots.get_mut(token).and_then(Option::take) else {
             return; // ended already
+        };
+        self.free.push(token);
+        if !session.released {
+            self.shared.with(|b| b.closed(session.conn));
         }
         STATS.live.fetch_sub(1, Ordering::Relaxed);
         match why {
@@ -500,20 +562,17 @@ impl Plane {
         debug!("udp: session {} ended ({why:?})", session.client);
     }
 
-    /// End the sessions idle for `idle_timeout` (or `DEFAULT_IDLE`), every fraction of it.
-    async fn sweep(self: Rc<Self>) {
-        loop {
-            let idle = self.idle_timeout();
-            let period = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            tokio::time::sleep(period).await;
-            let idle = self.idle_timeout();
-            let expired = self
-                .table
-                .borrow_mut()
-                .expire(Instant::now(), idle, |s| s.last_activity.get());
-            for (_, session) in expired {
-                self.finish(&session, End::Idle);
-            }
+    /// End the sessions idle for `idle`.
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        let slots = &self.slots;
+        let expired = self.table.expire(now, idle, |token| {
+            slots
+                .get(*token)
+                .and_then(Option::as_ref)
+                .map_or(now, |s| s.last_activity)
+        });
+        for (_, token) in expired {
+            self.finish(token, End::Idle);
         }
     }
 
@@ -526,11 +585,9 @@ impl Plane {
         }
     }
 
-    fn shutdown(&self) {
-        loop {
-            let next = self.table.borrow_mut().pop_lru();
-            let Some((_, session)) = next else { break };
-            self.finish(&session, End::Shutdown);
+    fn shutdown(&mut self) {
+        while let Some((_, token)) = self.table.pop_lru() {
+            self.finish(token, End::Shutdown);
         }
     }
 }

@@ -6,19 +6,16 @@
 //! IPV6_RECVPKTINFO) and replies from it, so a client that sent to 127.0.0.3 hears back from
 //! 127.0.0.3, not from whatever address the routing table prefers.
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::libc;
 use nix::sys::socket::{
     recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
     MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage,
 };
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::net::BindError;
 
@@ -36,7 +33,7 @@ const LISTENER_RCVBUF: usize = 4 << 20;
 /// Bind the listening socket. No SO_REUSEADDR or SO_REUSEPORT, so a second pen on the same
 /// address fails to start instead of sharing (or stealing) the datagrams. A wildcard IPv6
 /// listener takes IPv4 clients too, as the TCP listener does.
-pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
+pub fn bind(addr: SocketAddr) -> Result<UdpSocket, BindError> {
     let io_err = |source| BindError::Io {
         addr: format!("udp {addr}"),
         source,
@@ -63,7 +60,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, BindError> {
     Ok(socket.into())
 }
 
-/// The listening socket, registered with the UDP thread's runtime.
+/// The listening socket (non-blocking).
 pub struct Downstream {
     socket: UdpSocket,
     /// A wildcard listener: replies name their source address.
@@ -71,56 +68,42 @@ pub struct Downstream {
     v6: bool,
 }
 
+impl AsFd for Downstream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl Downstream {
-    /// Must run inside the runtime that will drive it.
-    pub fn register(socket: std::net::UdpSocket) -> io::Result<Downstream> {
+    pub fn new(socket: UdpSocket) -> io::Result<Downstream> {
         let local = socket.local_addr()?;
-        let socket = UdpSocket::from_std(socket)?;
-        let pktinfo = local.ip().is_unspecified();
         Ok(Downstream {
             socket,
-            pktinfo,
+            pktinfo: local.ip().is_unspecified(),
             v6: local.is_ipv6(),
         })
     }
 
-    pub async fn readable(&self) -> io::Result<()> {
-        self.socket.readable().await
-    }
-
-    /// Receive the datagrams waiting on the listener, up to `LISTEN_BATCH` per system call,
-    /// and hand each to `each(data, sender, where it was sent)`. Ok while more may be waiting;
-    /// WouldBlock once the queue is drained.
-    pub fn try_recv_batch(
-        &self,
-        mut each: impl FnMut(&[u8], SocketAddr, Option<LocalDst>),
-    ) -> io::Result<()> {
-        LISTEN.with(|batch| {
-            let mut batch = batch.borrow_mut();
-            self.socket.try_io(Interest::READABLE, || {
-                let n = batch.recv(self.socket.as_raw_fd())?;
-                for i in 0..n {
-                    let (data, from, local) = batch.get(i);
-                    if let Some(from) = from {
-                        each(data, from, local);
-                    }
-                }
-                drained(n, LISTEN_BATCH)
-            })
-        })
+    /// Receive what is waiting, up to a batch, without blocking: how many datagrams came (0
+    /// when none was waiting). A short batch means the queue is empty for now.
+    pub fn recv_batch(&self, batch: &mut Batch) -> io::Result<usize> {
+        match batch.recv(self.socket.as_raw_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            other => other,
+        }
     }
 
     /// Send a datagram to a client without waiting; WouldBlock when the socket buffer is full
     /// (the datagram is then dropped, as a router would). Direct syscalls, as for upstream
     /// sockets: nothing waits for this socket to be writable.
-    pub fn try_send_to(
+    pub fn send_to(
         &self,
         buf: &[u8],
         to: SocketAddr,
         local: Option<LocalDst>,
     ) -> io::Result<usize> {
         let Some(local) = local.filter(|_| self.pktinfo) else {
-            return SockRef::from(&self.socket).send_to(buf, &to.into());
+            return self.socket.send_to(buf, to);
         };
         let fd = self.socket.as_raw_fd();
         let iov = [IoSlice::new(buf)];
@@ -171,7 +154,7 @@ impl Downstream {
                     Some(&SockaddrIn6::from(to)),
                 )
             }
-            (false, to, _) => return SockRef::from(&self.socket).send_to(buf, &to.into()),
+            (false, to, _) => return self.socket.send_to(buf, to),
         };
         sent.map_err(io::Error::from)
     }
@@ -186,48 +169,28 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 }
 
 /// Datagrams taken from the listener per system call.
-const LISTEN_BATCH: usize = 16;
-/// Datagrams taken from an upstream socket per system call: usually one reply is waiting, and
-/// asking for two tells whether the queue is now empty without a second call.
-const REPLY_BATCH: usize = 2;
+pub const BATCH: usize = 16;
 /// Room for one datagram: the largest UDP payload fits.
 const SLOT: usize = 65_536;
 
-thread_local! {
-    static LISTEN: RefCell<Batch<LISTEN_BATCH>> = RefCell::new(Batch::new());
-    static REPLIES: RefCell<Batch<REPLY_BATCH>> = RefCell::new(Batch::new());
-}
-
-/// Ok after a full batch (more may be waiting); WouldBlock after a short one, so that tokio
-/// forgets the socket's readiness without another system call to find it empty. Safe with
-/// edge-triggered epoll: a datagram arriving after the call raises a new event.
-fn drained(received: usize, batch: usize) -> io::Result<()> {
-    if received < batch {
-        Err(io::ErrorKind::WouldBlock.into())
-    } else {
-        Ok(())
-    }
-}
-
-/// Buffers and headers for receiving up to N datagrams with one `recvmmsg`, reused for every
-/// call on the UDP thread.
-struct Batch<const N: usize> {
+/// Buffers and headers for receiving up to `BATCH` datagrams with one `recvmmsg`, reused for
+/// every call.
+pub struct Batch {
     bufs: Box<[u8]>,
     headers: MultiHeaders<SockaddrStorage>,
     /// Length, sender and destination of each datagram of the last call.
     meta: Vec<(usize, Option<SocketAddr>, Option<LocalDst>)>,
 }
 
-impl<const N: usize> Batch<N> {
-    fn new() -> Self {
+impl Batch {
+    pub fn new() -> Self {
         Batch {
-            bufs: vec![0; N * SLOT].into_boxed_slice(),
-            headers: MultiHeaders::preallocate(N, Some(nix::cmsg_space!(libc::in6_pktinfo))),
-            meta: Vec::with_capacity(N),
+            bufs: vec![0; BATCH * SLOT].into_boxed_slice(),
+            headers: MultiHeaders::preallocate(BATCH, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+            meta: Vec::with_capacity(BATCH),
         }
     }
 
-    /// Receive what is waiting, up to N datagrams, without blocking; how many came.
     fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let Batch {
             bufs,
@@ -235,7 +198,7 @@ impl<const N: usize> Batch<N> {
             meta,
         } = self;
         let mut slots = bufs.chunks_mut(SLOT);
-        let mut iovs: [[IoSliceMut<'_>; 1]; N] =
+        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
             std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
         let received = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
         meta.clear();
@@ -250,9 +213,16 @@ impl<const N: usize> Batch<N> {
         Ok(meta.len())
     }
 
-    fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, Option<LocalDst>) {
+    /// Datagram `i` of the last call: its bytes, its sender, where it was sent.
+    pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, Option<LocalDst>) {
         let (len, from, local) = self.meta[i];
         (&self.bufs[i * SLOT..i * SLOT + len], from, local)
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::new()
     }
 }
 
@@ -270,24 +240,8 @@ fn local_dst(c: ControlMessageOwned) -> Option<LocalDst> {
     }
 }
 
-/// Receive the replies waiting on a session's upstream socket and hand each to `each`. Ok while
-/// more may be waiting; WouldBlock once drained; other errors are the socket's (an ICMP error
-/// from the server shows here as ECONNREFUSED).
-pub fn try_recv_replies(socket: &UdpSocket, mut each: impl FnMut(&[u8])) -> io::Result<()> {
-    REPLIES.with(|batch| {
-        let mut batch = batch.borrow_mut();
-        socket.try_io(Interest::READABLE, || {
-            let n = batch.recv(socket.as_raw_fd())?;
-            for i in 0..n {
-                each(batch.get(i).0);
-            }
-            drained(n, REPLY_BATCH)
-        })
-    })
-}
-
-/// A new socket connected to a server: the kernel then delivers only that server's datagrams to
-/// it, and reports an ICMP port unreachable from it as ECONNREFUSED. Must run inside a runtime.
+/// A new non-blocking socket connected to a server: the kernel then delivers only that
+/// server's datagrams to it, and reports an ICMP port unreachable from it as ECONNREFUSED.
 pub fn connect_upstream(server: SocketAddr) -> io::Result<UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(server),
@@ -295,7 +249,7 @@ pub fn connect_upstream(server: SocketAddr) -> io::Result<UdpSocket> {
         Some(Protocol::UDP),
     )?;
     socket.connect(&server.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Errors on a connected upstream socket that mean the server is not there: an ICMP port or
