@@ -400,6 +400,86 @@ mod tests {
         );
     }
 
+    /// Upper-cases what it is given and holds back the last byte until the next read or EOF.
+    struct Shout(Option<u8>);
+
+    impl Rewrite for Shout {
+        const ACTIVE: bool = true;
+        fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+            if input == b"!" {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "no shouting"));
+            }
+            out.extend(self.0.take());
+            if let Some((last, rest)) = input.split_last() {
+                out.extend(rest.iter().map(u8::to_ascii_uppercase));
+                self.0 = Some(last.to_ascii_uppercase());
+            }
+            Ok(())
+        }
+        fn finish(&mut self, out: &mut Vec<u8>) {
+            out.extend(self.0.take());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_applies_client_to_server_only_and_its_bytes_are_counted() {
+        let (mut client, mut pen_client) = duplex(64);
+        let (mut pen_server, mut server) = duplex(64);
+        let counters = ConnCounters::default();
+        let relay = async {
+            let end = relay_rewriting(
+                &mut pen_client,
+                &mut pen_server,
+                &counters,
+                options(),
+                &mut Shout(None),
+            )
+            .await;
+            drop((pen_client, pen_server));
+            end
+        };
+        let client_side = async {
+            client.write_all(b"hello ").await.unwrap();
+            client.write_all(b"world").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(b"quiet reply").await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        };
+        let (end, to_client, to_server) = tokio::join!(relay, client_side, server_side);
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        assert_eq!(to_server, b"HELLO WORLD", "the held-back byte went out at EOF");
+        assert_eq!(to_client, b"quiet reply");
+        assert_eq!((counters.to_server(), counters.to_client()), (11, 11));
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_error_ends_the_relay_blamed_on_the_client() {
+        let (mut client, mut pen_client) = duplex(64);
+        let (mut pen_server, _server) = duplex(64);
+        let counters = ConnCounters::default();
+        client.write_all(b"!").await.unwrap();
+        let end = relay_rewriting(
+            &mut pen_client,
+            &mut pen_server,
+            &counters,
+            options(),
+            &mut Shout(None),
+        )
+        .await;
+        assert!(
+            matches!(&end, RelayEnd::Error(Side::Client, e) if e.kind() == io::ErrorKind::InvalidData),
+            "{end:?}"
+        );
+    }
+
     #[tokio::test]
     async fn fastclose_up_ends_when_the_server_is_done() {
         let (_client, mut pen_client) = duplex(64);
