@@ -455,7 +455,10 @@ mod tests {
         };
         let (end, to_client, to_server) = tokio::join!(relay, client_side, server_side);
         assert!(matches!(end, RelayEnd::Done), "{end:?}");
-        assert_eq!(to_server, b"HELLO WORLD", "the held-back byte went out at EOF");
+        assert_eq!(
+            to_server, b"HELLO WORLD",
+            "the held-back byte went out at EOF"
+        );
         assert_eq!(to_client, b"quiet reply");
         assert_eq!((counters.to_server(), counters.to_client()), (11, 11));
     }

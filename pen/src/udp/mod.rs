@@ -28,14 +28,14 @@
 
 mod session;
 mod socket;
+mod stats;
 mod table;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,7 @@ use socket::{connect_upstream, Batch, Downstream, LocalDst, BATCH};
 use table::SessionTable;
 
 pub use socket::is_server_failure;
+pub use stats::{Stats, STATS};
 
 /// Sessions with no traffic for this long end, when `idle_timeout` is 0 (pen's default).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
@@ -69,58 +70,6 @@ const FD_RESERVE: u64 = 64;
 /// Epoll tokens that are not sessions (sessions use their slot number).
 const LISTENER: u64 = u64::MAX;
 const STOP: u64 = u64::MAX - 1;
-
-/// Counters over every session since startup, for statistics and the log.
-pub struct Stats {
-    pub sessions: AtomicU64,
-    /// Ended after `idle_timeout` (or 60 s) without traffic.
-    pub expired: AtomicU64,
-    /// Ended to make room in a full table.
-    pub recycled: AtomicU64,
-    /// Moved to another server after an ICMP error.
-    pub failed_over: AtomicU64,
-    pub from_clients: AtomicU64,
-    pub to_servers: AtomicU64,
-    pub from_servers: AtomicU64,
-    pub to_clients: AtomicU64,
-    /// Datagrams not delivered: no server, or a socket that could not take them.
-    pub dropped: AtomicU64,
-    /// Sessions open now.
-    pub live: AtomicU64,
-}
-
-pub static STATS: Stats = Stats {
-    sessions: AtomicU64::new(0),
-    expired: AtomicU64::new(0),
-    recycled: AtomicU64::new(0),
-    failed_over: AtomicU64::new(0),
-    from_clients: AtomicU64::new(0),
-    to_servers: AtomicU64::new(0),
-    from_servers: AtomicU64::new(0),
-    to_clients: AtomicU64::new(0),
-    dropped: AtomicU64::new(0),
-    live: AtomicU64::new(0),
-};
-
-impl fmt::Display for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        write!(
-            f,
-            "{} sessions ({} open, {} expired, {} recycled, {} failed over); datagrams: {} from clients, {} to servers, {} from servers, {} to clients, {} dropped",
-            n(&self.sessions),
-            n(&self.live),
-            n(&self.expired),
-            n(&self.recycled),
-            n(&self.failed_over),
-            n(&self.from_clients),
-            n(&self.to_servers),
-            n(&self.from_servers),
-            n(&self.to_clients),
-            n(&self.dropped),
-        )
-    }
-}
 
 static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
 
@@ -172,7 +121,9 @@ impl UdpPlane {
                 plane.run();
             })
             .context("can't start the UDP thread")?;
-        ready_rx.recv().context("the UDP thread died while starting")?;
+        ready_rx
+            .recv()
+            .context("the UDP thread died while starting")?;
         info!("udp: up to {capacity} sessions, idle ones end after idle_timeout (60 s when 0)");
         Ok(UdpPlane {
             stop,
@@ -273,7 +224,8 @@ impl Plane {
             if now >= next_sweep {
                 let idle = self.idle_timeout();
                 self.sweep(now, idle);
-                next_sweep = now + (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                next_sweep =
+                    now + (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
             }
         }
     }
@@ -300,7 +252,13 @@ impl Plane {
         }
     }
 
-    fn on_datagram(&mut self, data: &[u8], client: SocketAddr, local: Option<LocalDst>, now: Instant) {
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        client: SocketAddr,
+        local: Option<LocalDst>,
+        now: Instant,
+    ) {
         STATS.from_clients.fetch_add(1, Ordering::Relaxed);
         let token = match self.table.touch(&client, now).copied() {
             Some(token) if !self.is_stale(token) => token,
@@ -317,7 +275,9 @@ impl Plane {
                 }
             }
         };
-        let Some(session) = self.session(token) else { return };
+        let Some(session) = self.session(token) else {
+            return;
+        };
         session.last_activity = now;
         session.keep(data);
         match session.socket.send(data) {
@@ -347,7 +307,10 @@ impl Plane {
                 STATS.from_servers.fetch_add(1, Ordering::Relaxed);
                 session.last_activity = now;
                 session.answered();
-                match self.down.send_to(&self.reply[..n], session.client, session.local) {
+                match self
+                    .down
+                    .send_to(&self.reply[..n], session.client, session.local)
+                {
                     Ok(n) => {
                         session.counters.add_to_client(n);
                         STATS.to_clients.fetch_add(1, Ordering::Relaxed);
@@ -471,7 +434,10 @@ impl Plane {
                     return None;
                 }
                 Err(e) => {
-                    info!("udp: {} ({addr}) failed: {e}; blacklisting it", describe(target));
+                    info!(
+                        "udp: {} ({addr}) failed: {e}; blacklisting it",
+                        describe(target)
+                    );
                     admission = self.shared.with(|b| b.connect_failed(conn, now));
                 }
             }
@@ -482,7 +448,9 @@ impl Plane {
     /// session to the next server and send its last datagram again there, or end the session
     /// when no server is left.
     fn fail_over(&mut self, token: usize, error: &io::Error, now: Instant) {
-        let Some(session) = self.session(token) else { return };
+        let Some(session) = self.session(token) else {
+            return;
+        };
         let (target, backend, conn) = (session.target, session.backend, session.conn);
         info!(
             "udp: {} ({backend}) refused a datagram: {error}; blacklisting it",
@@ -505,7 +473,9 @@ impl Plane {
             EpollEvent::new(EpollFlags::EPOLLIN, token as u64),
         );
         let seen = self.refusals.get(&placed.target).copied().unwrap_or(0);
-        let Some(session) = self.session(token) else { return };
+        let Some(session) = self.session(token) else {
+            return;
+        };
         debug!(
             "udp: session {} moved to {} ({})",
             session.client,
