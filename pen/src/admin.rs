@@ -36,6 +36,8 @@ pub struct Admin {
     pub idlers: watch::Sender<usize>,
     /// TLS termination, when `-E` turned it on (`ssl_*` commands change it).
     tls: Option<Arc<crate::tls::Tls>>,
+    /// `-U`: the listener is the UDP plane's, which `listen` cannot move.
+    udp: bool,
     /// A listener bound by `listen` before the command ran, waiting for its action.
     prebound: Mutex<Option<(ListenAddr, BoundListener)>>,
 }
@@ -48,6 +50,7 @@ impl Admin {
         backlog: u32,
         slots: Arc<Semaphore>,
         tls: Option<Arc<crate::tls::Tls>>,
+        udp: bool,
     ) -> Admin {
         let permits = Mutex::new(host.conn_max);
         Admin {
@@ -61,6 +64,7 @@ impl Admin {
             idlers: watch::Sender::new(0),
             prebound: Mutex::new(None),
             tls,
+            udp,
         }
     }
 
@@ -119,6 +123,12 @@ impl Admin {
         };
         if let Err(e) = control::check_origin(&cmd, &self.host(), Origin::ControlPort) {
             return refuse(e);
+        }
+        if self.udp && matches!(cmd, Command::Listen(Some(_))) {
+            return refuse(ControlError::Refused {
+                command: "listen",
+                reason: "a UDP pen (-U) cannot move its listener; restart it".into(),
+            });
         }
         // `listen`: bind first, so that a port in use changes nothing at all.
         if let Command::Listen(Some((_, addr))) = &cmd {
@@ -216,6 +226,9 @@ impl Admin {
     /// Do what a command asked of the shell. Err is the reply to send instead.
     pub fn perform(&self, action: Action) -> Result<(), String> {
         match action {
+            Action::Listen(_) if self.udp => {
+                return Err("listen: a UDP pen (-U) cannot move its listener\n".into());
+            }
             Action::Listen(addr) => {
                 let prebound = self
                     .prebound
@@ -257,6 +270,18 @@ impl Admin {
                 }
             }
             Action::NoLog => self.shared.reqlog.stop(),
+            Action::GeoIp(None) => self.shared.with(|b| b.set_geoip(None)),
+            Action::GeoIp(Some(path)) => match crate::geoip::GeoIp::open(&path) {
+                // Read whole here, outside the lock; a bad file keeps the database in use.
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    self.shared.with(|b| b.set_geoip(Some(db)));
+                }
+                Err(e) => {
+                    warn!("geoip: {e}");
+                    return Err(format!("geoip: {e}\n"));
+                }
+            },
             Action::Tls(ssl) => {
                 let Some(tls) = &self.tls else {
                     return Err(format!(

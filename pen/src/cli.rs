@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::addr::{self, AddrError, ListenAddr, ServerSpec};
+use crate::addr::{self, AddrError, Backend, ListenAddr, ServerSpec};
 use crate::balancer::{Settings, DEFAULT_CLIENTS_MAX};
 use crate::control::{self, Command, ControlError};
 use crate::reqlog::{LogTarget, RequestLogError};
@@ -61,8 +61,8 @@ pub const FLAGS: &[Flag] = &[
     flag('B', Some("host:port"), "abuse server for clients denied by the client ACL", Yes),
     flag('C', Some("addr:port"), "control port (a bare port binds the loopback address only)", Yes),
     flag('T', Some("sec"), "client tracking time in seconds (0 = forever) [0]", Yes),
-    flag('H', None, "add X-Forwarded-For header in http requests", NotYet("HTTP header insertion")),
-    flag('U', None, "use udp protocol support", NotYet("UDP balancing")),
+    flag('H', None, "add X-Forwarded-For and X-Forwarded-Proto headers to http requests", Yes),
+    flag('U', None, "use udp protocol support", Yes),
     flag('O', Some("option"), "same as -o", Yes),
     flag('P', None, "use poll() rather than epoll (no effect: the runtime picks the event mechanism)", NoEffect("the runtime picks the event mechanism")),
     flag('W', None, "use weight for server selection", Yes),
@@ -77,6 +77,7 @@ pub const FLAGS: &[Flag] = &[
     flag('j', Some("dir"), "run in chroot", Yes),
     flag('F', Some("file"), "name of configuration file", Yes),
     flag('l', Some("file"), "logging on: log requests to a file, or to penlogd at host:port", Yes),
+    flag('g', Some("file"), "GeoIP2/GeoLite2 country database (.mmdb) for country access lists", Yes),
     flag('m', Some("N"), "accept up to N connections per wake-up [100]", Yes),
     flag('q', Some("N"), "listen queue (backlog) length [500]", Yes),
     flag('r', None, "bypass client tracking in server selection", Yes),
@@ -142,6 +143,10 @@ pub struct Options {
     pub jail: Option<PathBuf>,
     /// `-E` and the other TLS options; TLS is on when `tls.cert` is set.
     pub tls: TlsOptions,
+    /// `-U`: balance UDP instead of TCP.
+    pub udp: bool,
+    /// `-g`: the country database to open at startup.
+    pub geoip: Option<PathBuf>,
     /// Notices to print on stderr before starting (obsolete options, bumped values).
     pub notices: Vec<String>,
     /// Replies of `-o` commands already applied, for stdout.
@@ -192,6 +197,8 @@ pub enum CliError {
     Tls { flag: char, source: TlsError },
     #[error("-{0} needs TLS on the listener: give the certificate with -E")]
     TlsWithoutCert(char),
+    #[error("-U: UDP needs IP addresses; {0} is a Unix socket")]
+    UdpUnix(String),
     #[error("-{flag} '{text}': {source}")]
     Command {
         flag: char,
@@ -275,6 +282,8 @@ struct Raw {
     tls: TlsOptions,
     /// The TLS flags given (K, G, A, R, L), which make sense only with -E.
     tls_flags: Vec<char>,
+    udp: bool,
+    geoip: Option<PathBuf>,
     notices: Vec<String>,
     replies: Vec<String>,
     commands: Vec<Command>,
@@ -369,6 +378,9 @@ impl Raw {
                 let path = PathBuf::from(name(letter, v, "expected a file name")?);
                 s.web_stats = Some(path.into());
             }
+            'g' => self.geoip = Some(PathBuf::from(v)),
+            'H' => s.http = true,
+            'U' => self.udp = true,
             'm' => {
                 let n: i64 = number(letter, v, "expected a number")?;
                 if n < 1 {
@@ -472,6 +484,20 @@ impl Raw {
         };
         let emergency = spec('e', self.emergency)?;
         let abuse = spec('B', self.abuse)?;
+        if self.udp {
+            let unix = |b: &Backend| matches!(b, Backend::Unix(_));
+            let bad = match &listen {
+                Some(ListenAddr::Unix(p)) => Some(p.display().to_string()),
+                _ => servers
+                    .iter()
+                    .chain(&emergency)
+                    .find(|s| unix(&s.backend))
+                    .map(|s| s.backend.to_string()),
+            };
+            if let Some(bad) = bad {
+                return Err(CliError::UdpUnix(bad));
+            }
+        }
         Ok(Options {
             listen,
             listen_text,
@@ -498,6 +524,8 @@ impl Raw {
             user: self.user,
             jail: self.jail,
             tls: self.tls,
+            udp: self.udp,
+            geoip: self.geoip,
             notices: self.notices,
             replies: self.replies,
             commands: self.commands,
@@ -673,6 +701,26 @@ mod tests {
     }
 
     #[test]
+    fn udp_http_and_geoip_options() {
+        let o = run("-U -H -g /var/lib/GeoIP/x.mmdb 8080 127.0.0.1 [::1]:53");
+        assert!(o.udp && o.settings.http);
+        assert_eq!(o.geoip, Some(PathBuf::from("/var/lib/GeoIP/x.mmdb")));
+        assert!(!run("8080 127.0.0.1").udp);
+        for line in [
+            "-U /tmp/pen.sock 127.0.0.1:53",
+            "-U 8080 /tmp/s.sock",
+            "-U -e /tmp/e.sock 8080 127.0.0.1",
+        ] {
+            let e = err(line);
+            assert!(
+                e.starts_with("-U: UDP needs IP addresses") && e.contains(".sock"),
+                "{line}: {e}"
+            );
+        }
+        assert!(err("-g").contains("-g requires an argument"));
+    }
+
+    #[test]
     fn o_commands_apply_in_order_with_the_flags() {
         let line = [
             "-o",
@@ -719,6 +767,11 @@ mod tests {
             let f = find_flag(c).unwrap_or_else(|| panic!("-{c} missing"));
             assert_eq!(f.arg.is_some(), takes_arg, "-{c}");
         }
-        assert_eq!(FLAGS.len(), pen.chars().filter(|c| *c != ':').count());
+        // Letters this pen adds: -g (the GeoIP database; pen 0.34.1 opened fixed paths).
+        let added = "g";
+        assert_eq!(
+            FLAGS.len(),
+            pen.chars().filter(|c| *c != ':').count() + added.len()
+        );
     }
 }

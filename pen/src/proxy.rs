@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::Backend;
 use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
+use crate::http::{Proto, Rewriter};
 use crate::net::{self, Listener, Stream};
 use crate::relay::{self, RelayEnd, RelayOptions};
 use crate::reqlog::RequestLog;
@@ -146,7 +147,8 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
-fn describe(target: Target) -> String {
+/// How logs name a target.
+pub(crate) fn describe(target: Target) -> String {
     match target {
         Target::Server(id) => format!("server {}", id.0),
         Target::Emergency => "the emergency server".to_string(),
@@ -226,8 +228,32 @@ async fn serve(
                 };
                 let tap = shared.reqlog.tap(peer.ip, server_ip);
                 let from_client = |data: &[u8]| tap.chunk(data);
+                // `-H`: the client's requests pass through the rewriter (X-Forwarded-For and
+                // X-Forwarded-Proto); otherwise the relay compiles the rewriting out.
+                let relayed = async {
+                    if settings.http {
+                        let proto = if client.is_tls() {
+                            Proto::Https
+                        } else {
+                            Proto::Http
+                        };
+                        let mut rewriter = Rewriter::new(peer.ip, proto, settings.xff);
+                        relay::relay_rewriting(
+                            &mut client,
+                            &mut upstream,
+                            &counters,
+                            options,
+                            from_client,
+                            &mut rewriter,
+                        )
+                        .await
+                    } else {
+                        relay::relay(&mut client, &mut upstream, &counters, options, from_client)
+                            .await
+                    }
+                };
                 tokio::select! {
-                    end = relay::relay(&mut client, &mut upstream, &counters, options, from_client) => match end {
+                    end = relayed => match end {
                         RelayEnd::Error(side, e) => {
                             debug!("connection {}: {side:?} error: {e}", conn.0)
                         }

@@ -29,6 +29,33 @@ const READS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+    /// What a `Rewrite` makes of one read, before it is written (only used with `-H`).
+    static REWRITTEN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A transformation of the client-to-server bytes (HTTP header insertion). The relay calls it
+/// for every read and writes what it produces instead; with `Verbatim` the bytes go straight
+/// from the read buffer, and the rewriting code is compiled out.
+pub trait Rewrite {
+    /// False only for `Verbatim`.
+    const ACTIVE: bool;
+    /// Append what to send for `input` to `out`. An error closes the connection, blamed on the
+    /// client.
+    fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()>;
+    /// The client sent EOF: append anything still held back.
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+/// No rewriting.
+pub struct Verbatim;
+
+impl Rewrite for Verbatim {
+    const ACTIVE: bool = false;
+    fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        out.extend_from_slice(input);
+        Ok(())
+    }
+    fn finish(&mut self, _out: &mut Vec<u8>) {}
 }
 
 /// Which side of the connection an error came from.
@@ -74,19 +101,24 @@ struct Half {
 
 impl Half {
     /// Move bytes from `src` to `dst` until one of them would block. Ready(Ok) once EOF has been
-    /// forwarded. `progress` is set when any byte moved; `seen` gets every chunk read.
-    fn poll_pump<R, W>(
+    /// forwarded. `progress` is set when any byte moved; `seen` gets every chunk as it was read
+    /// (the request log's tap and the traffic dump), `count` the bytes sent on.
+    #[allow(clippy::too_many_arguments)]
+    fn poll_pump<R, W, X>(
         &mut self,
         other_done: bool,
         cx: &mut Context<'_>,
         src: &mut R,
         dst: &mut W,
         mut seen: impl FnMut(&[u8]),
+        mut count: impl FnMut(usize),
         progress: &mut bool,
+        rewrite: &mut X,
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
+        X: Rewrite,
     {
         // The bool in the error says whether it came from the source (true) or the destination.
         if self.done {
@@ -143,28 +175,42 @@ impl Half {
                     Poll::Ready(Err(e)) => Poll::Ready(Err((true, e))),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                         self.eof = true;
+                        if X::ACTIVE {
+                            // Held-back bytes go out before the EOF is forwarded.
+                            rewrite.finish(&mut self.pending);
+                            count(self.pending.len());
+                        }
                         Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) if X::ACTIVE => {
+                        *progress = true;
+                        seen(buf.filled());
+                        crate::dump::chunk(buf.filled());
+                        REWRITTEN
+                            .with(|out| {
+                                let mut out = out.borrow_mut();
+                                out.clear();
+                                let result = rewrite.rewrite(buf.filled(), &mut out);
+                                count(out.len());
+                                let sent = write_now(cx, dst, &out)?;
+                                self.unflushed |= sent > 0;
+                                self.pending.extend_from_slice(&out[sent..]);
+                                result.map_err(|e| (true, e))
+                            })
+                            .into()
                     }
                     Poll::Ready(Ok(())) => {
                         let data = buf.filled();
                         seen(data);
                         crate::dump::chunk(data);
+                        count(data.len());
                         *progress = true;
                         // Write straight from the scratch buffer; keep only what does not fit.
-                        let mut sent = 0;
-                        while sent < data.len() {
-                            match Pin::new(&mut *dst).poll_write(cx, &data[sent..]) {
-                                Poll::Ready(Ok(0)) => {
-                                    return Poll::Ready(Err((false, zero_write())))
-                                }
-                                Poll::Ready(Ok(n)) => {
-                                    sent += n;
-                                    self.unflushed = true;
-                                }
-                                Poll::Ready(Err(e)) => return Poll::Ready(Err((false, e))),
-                                Poll::Pending => break,
-                            }
-                        }
+                        let sent = match write_now(cx, dst, data) {
+                            Ok(sent) => sent,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        };
+                        self.unflushed |= sent > 0;
                         self.pending.extend_from_slice(&data[sent..]);
                         Poll::Ready(Ok(()))
                     }
@@ -179,6 +225,24 @@ impl Half {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+}
+
+/// Write as much of `data` as `dst` takes without blocking; how much it took.
+fn write_now<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    dst: &mut W,
+    data: &[u8],
+) -> Result<usize, (bool, io::Error)> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match Pin::new(&mut *dst).poll_write(cx, &data[sent..]) {
+            Poll::Ready(Ok(0)) => return Err((false, zero_write())),
+            Poll::Ready(Ok(n)) => sent += n,
+            Poll::Ready(Err(e)) => return Err((false, e)),
+            Poll::Pending => break,
+        }
+    }
+    Ok(sent)
 }
 
 fn zero_write() -> io::Error {
@@ -200,6 +264,32 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_rewriting(
+        client,
+        server,
+        counters,
+        options,
+        from_client,
+        &mut Verbatim,
+    )
+    .await
+}
+
+/// `relay`, with the client-to-server bytes passed through `rewrite` (`-H`). The server's
+/// byte counter counts what was sent, after rewriting.
+pub async fn relay_rewriting<C, S, X>(
+    client: &mut C,
+    server: &mut S,
+    counters: &ConnCounters,
+    options: RelayOptions,
+    from_client: impl Fn(&[u8]),
+    rewrite: &mut X,
+) -> RelayEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    X: Rewrite,
+{
     let mut up = Half::default(); // client -> server
     let mut down = Half::default(); // server -> client
     let idle = options.idle_timeout;
@@ -214,11 +304,10 @@ where
             cx,
             client,
             server,
-            |data| {
-                counters.add_to_server(data.len());
-                from_client(data);
-            },
+            &from_client,
+            |n| counters.add_to_server(n),
             &mut progress,
+            rewrite,
         );
         if let Poll::Ready(Err((from_src, e))) = up_state {
             let side = if from_src { Side::Client } else { Side::Server };
@@ -229,8 +318,10 @@ where
             cx,
             server,
             client,
-            |data| counters.add_to_client(data.len()),
+            |_| {},
+            |n| counters.add_to_client(n),
             &mut progress,
+            &mut Verbatim,
         );
         if let Poll::Ready(Err((from_src, e))) = down_state {
             let side = if from_src { Side::Server } else { Side::Client };
@@ -350,6 +441,91 @@ mod tests {
             started.elapsed(),
             Duration::from_secs(28),
             "last byte at 18 s + 10 s"
+        );
+    }
+
+    /// Upper-cases what it is given and holds back the last byte until the next read or EOF.
+    struct Shout(Option<u8>);
+
+    impl Rewrite for Shout {
+        const ACTIVE: bool = true;
+        fn rewrite(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+            if input == b"!" {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "no shouting"));
+            }
+            out.extend(self.0.take());
+            if let Some((last, rest)) = input.split_last() {
+                out.extend(rest.iter().map(u8::to_ascii_uppercase));
+                self.0 = Some(last.to_ascii_uppercase());
+            }
+            Ok(())
+        }
+        fn finish(&mut self, out: &mut Vec<u8>) {
+            out.extend(self.0.take());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_applies_client_to_server_only_and_its_bytes_are_counted() {
+        let (mut client, mut pen_client) = duplex(64);
+        let (mut pen_server, mut server) = duplex(64);
+        let counters = ConnCounters::default();
+        let relay = async {
+            let end = relay_rewriting(
+                &mut pen_client,
+                &mut pen_server,
+                &counters,
+                options(),
+                |_| {},
+                &mut Shout(None),
+            )
+            .await;
+            drop((pen_client, pen_server));
+            end
+        };
+        let client_side = async {
+            client.write_all(b"hello ").await.unwrap();
+            client.write_all(b"world").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(b"quiet reply").await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        };
+        let (end, to_client, to_server) = tokio::join!(relay, client_side, server_side);
+        assert!(matches!(end, RelayEnd::Done), "{end:?}");
+        assert_eq!(
+            to_server, b"HELLO WORLD",
+            "the held-back byte went out at EOF"
+        );
+        assert_eq!(to_client, b"quiet reply");
+        assert_eq!((counters.to_server(), counters.to_client()), (11, 11));
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_error_ends_the_relay_blamed_on_the_client() {
+        let (mut client, mut pen_client) = duplex(64);
+        let (mut pen_server, _server) = duplex(64);
+        let counters = ConnCounters::default();
+        client.write_all(b"!").await.unwrap();
+        let end = relay_rewriting(
+            &mut pen_client,
+            &mut pen_server,
+            &counters,
+            options(),
+            |_| {},
+            &mut Shout(None),
+        )
+        .await;
+        assert!(
+            matches!(&end, RelayEnd::Error(Side::Client, e) if e.kind() == io::ErrorKind::InvalidData),
+            "{end:?}"
         );
     }
 

@@ -18,6 +18,7 @@ use crate::control;
 use crate::control::HostView;
 use crate::control_port;
 use crate::daemon;
+use crate::geoip::GeoIp;
 use crate::logging::{self, Syslog};
 use crate::stats;
 use std::sync::mpsc;
@@ -30,6 +31,7 @@ use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
 use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
 use crate::tls::Tls;
+use crate::udp::UdpPlane;
 use std::net::SocketAddr;
 
 /// How long open connections may take to finish after TERM or INT.
@@ -96,7 +98,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let conn_max = options
         .conn_max
         .unwrap_or_else(|| default_conn_max(fd_limit));
-    if (conn_max.get() as u64).saturating_mul(2) + FD_RESERVE > fd_limit {
+    // (UDP sessions need one descriptor each; the UDP plane sizes its table itself.)
+    if !options.udp && (conn_max.get() as u64).saturating_mul(2) + FD_RESERVE > fd_limit {
         warn!(
             "-x {conn_max} needs about {} descriptors but the limit is {fd_limit}; \
              accepts will pause when descriptors run out",
@@ -157,8 +160,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     let control_listener = bind_control(&options)?;
-    let bound = Arc::new(BoundListener::bind(&listen, options.backlog)?);
-    let (listeners_tx, listeners_rx) = watch::channel(Some(bound.clone()));
+    // `-U`: the UDP plane (its own thread) instead of the TCP listener and data-plane threads;
+    // the control plane, signals and the process steps are the same.
+    let (bound, udp) = if options.udp {
+        let ListenAddr::Tcp(addr) = &listen else {
+            anyhow::bail!("-U: UDP needs an IP listen address");
+        };
+        let plane = UdpPlane::start(*addr, shared.clone(), NonZeroUsize::MIN.max(conn_max))?;
+        (None, Some(plane))
+    } else {
+        (
+            Some(Arc::new(BoundListener::bind(&listen, options.backlog)?)),
+            None,
+        )
+    };
+    let (listeners_tx, listeners_rx) = watch::channel(bound.clone());
     let admin = Arc::new(Admin::new(
         shared.clone(),
         host,
@@ -166,6 +182,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         options.backlog,
         slots.clone(),
         tls.clone(),
+        udp.is_some(),
     ));
     // Every socket that may need root (a port below 1024) is bound above this line. Then, in
     // pen's order: the jail, the privilege drop, the pid file (inside the jail, as the user).
@@ -187,7 +204,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .as_deref()
         .map(daemon::PidFile::create)
         .transpose()?;
-    let threads = data_threads();
+    let threads = if udp.is_some() { 0 } else { data_threads() };
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
@@ -220,12 +237,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         readiness.ready()?;
     }
-    info!(
-        "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
-        env!("CARGO_PKG_VERSION"),
-        bound.local_addr().map_or_else(|| listen.to_string(), |a| a.to_string()),
-        options.servers.len(),
-    );
+    match (&bound, &udp) {
+        (Some(bound), _) => info!(
+            "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
+            env!("CARGO_PKG_VERSION"),
+            bound.local_addr().map_or_else(|| listen.to_string(), |a| a.to_string()),
+            options.servers.len(),
+        ),
+        (None, Some(plane)) => info!(
+            "pen {} starting: listening on udp {}, {} servers, up to {conn_max} sessions",
+            env!("CARGO_PKG_VERSION"),
+            plane.local_addr(),
+            options.servers.len(),
+        ),
+        (None, None) => {}
+    }
     drop(bound);
     control.block_on(async {
         for action in config_actions {
@@ -278,6 +304,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let _ = phase_tx.send(Phase::Drain);
         admin.close_listener();
         admin.idlers.send_replace(0);
+        // UDP has no connections to wait for: its sessions end with the plane.
+        if let Some(plane) = udp {
+            let _ = tokio::task::spawn_blocking(move || plane.stop()).await;
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while shared.with(|b| b.live_conns()) > 0 {
             if tokio::time::Instant::now() >= deadline {
@@ -341,6 +371,9 @@ fn host_view(options: &Options, conn_max: usize) -> HostView {
     }
     if let Some(x) = options.conn_max {
         flags.push_str(&format!(" -x {x}"));
+    }
+    if options.udp {
+        flags.insert_str(0, " -U");
     }
     host.write_flags = flags;
     host
@@ -433,6 +466,16 @@ fn build_balancer(
 ) -> anyhow::Result<(Balancer, Vec<control::Action>)> {
     let mut actions = Vec::new();
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
+    // `-g`: the country database for `country` access-list entries, read whole at start-up.
+    if let Some(path) = &options.geoip {
+        let geoip = GeoIp::open(path)?;
+        info!(
+            "GeoIP: {} ({})",
+            geoip.path().display(),
+            geoip.database_type()
+        );
+        balancer.set_geoip(Some(Arc::new(geoip)));
+    }
     let ctx = control::Context {
         now: Instant::now(),
         wall: std::time::SystemTime::now(),

@@ -29,6 +29,7 @@ pub use snapshot::{
 };
 
 use crate::addr::{Backend, ServerSpec};
+use crate::geoip::GeoIp;
 
 /// Index of a regular server slot (pen's server number).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +101,8 @@ pub struct Settings {
     /// `-w` / `web_stats`: where SIGUSR1 and `status` write the HTML status page. An `Arc` so
     /// that the per-connection copy of the settings costs no allocation.
     pub web_stats: Option<Arc<Path>>,
+    /// What `-H` does with a client's own X-Forwarded-For and X-Forwarded-Proto.
+    pub xff: XffMode,
 }
 
 impl Default for Settings {
@@ -126,6 +129,7 @@ impl Default for Settings {
             source: None,
             dsr_if: None,
             web_stats: None,
+            xff: XffMode::Append,
         }
     }
 }
@@ -140,6 +144,18 @@ pub enum FastClose {
     /// When the client has sent EOF and everything it sent was delivered.
     Down,
     Both,
+}
+
+/// How `-H` treats the forwarding headers a client sent itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XffMode {
+    /// The client's address is appended to its own X-Forwarded-For (`given, client`), and its
+    /// X-Forwarded-Proto is replaced: a client cannot pass itself off as another address.
+    #[default]
+    Append,
+    /// pen 0.34.1: a header the client sent is kept as it is and not added. Only safe when
+    /// every client is trusted.
+    Keep,
 }
 
 /// A server slot. A slot with no backend is blank (the table grew past it) and is never chosen.
@@ -318,8 +334,6 @@ pub enum Admission {
 pub struct Balancer {
     pub settings: Settings,
     pub acls: Acls,
-    /// The GeoIP database that `country` entries consult.
-    countries: Arc<dyn CountryLookup>,
     servers: Vec<Server>,
     emergency: Option<Server>,
     abuse: Option<Server>,
@@ -337,6 +351,8 @@ pub struct Balancer {
     conn_max: usize,
     /// The connection slot handed out most recently (pen's `connections_last`).
     last_conn: usize,
+    /// The country database for `country` access-list entries (read once, looked up in memory).
+    geoip: Option<Arc<GeoIp>>,
 }
 
 /// pen's default client table size (`-c`).
@@ -347,7 +363,6 @@ impl Balancer {
         Balancer {
             settings,
             acls: Acls::default(),
-            countries: Arc::new(NoCountries),
             servers: Vec::new(),
             emergency: None,
             abuse: None,
@@ -359,7 +374,23 @@ impl Balancer {
             current: None,
             conn_max: 0,
             last_conn: 0,
+            geoip: None,
         }
+    }
+
+    /// Use this country database from now on (None: no database; country entries never match).
+    pub fn set_geoip(&mut self, geoip: Option<Arc<GeoIp>>) {
+        self.geoip = geoip;
+    }
+
+    pub fn geoip(&self) -> Option<&Arc<GeoIp>> {
+        self.geoip.as_ref()
+    }
+
+    /// The country of a client address, for `country` access-list entries; None without a
+    /// database or when the database has no country for it (loopback, private addresses).
+    pub fn country(&self, ip: IpAddr) -> Option<[u8; 2]> {
+        self.geoip.as_ref()?.country(ip)
     }
 
     // ---- configuration -------------------------------------------------------------------
@@ -377,14 +408,12 @@ impl Balancer {
         self.abuse = spec.map(Server::from_spec);
     }
 
-    /// The GeoIP database for `country` ACL entries.
-    pub fn set_countries(&mut self, countries: Arc<dyn CountryLookup>) {
-        self.countries = countries;
-    }
-
     /// Does list `acl` let this peer in? (`ip` None: a Unix-domain peer, always let in.)
     pub fn permits(&self, acl: AclId, ip: Option<IpAddr>) -> bool {
-        self.acls.permits(acl, ip, &*self.countries)
+        match &self.geoip {
+            Some(db) => self.acls.permits(acl, ip, &**db),
+            None => self.acls.permits(acl, ip, &NoCountries),
+        }
     }
 
     pub fn abuse(&self) -> Option<&Server> {

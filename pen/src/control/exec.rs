@@ -203,6 +203,16 @@ pub fn execute(
         }
         Command::Ssl(Ssl::RenegotiationInterval(_)) => Outcome::default(),
         Command::Ssl(ssl) => act(String::new(), Action::Tls(ssl.clone())),
+        Command::GeoIp(None) => b
+            .geoip()
+            .map(|g| format!("{}\n", g.path().display()))
+            .unwrap_or_default()
+            .into(),
+        Command::GeoIp(Some(path)) => act(
+            format!("{}\n", path.display()),
+            Action::GeoIp(Some(path.clone())),
+        ),
+        Command::NoGeoIp => act(String::new(), Action::GeoIp(None)),
         Command::PendingMax(n) => {
             host.pending_max = *n;
             Outcome::default()
@@ -371,6 +381,12 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
             s.source = *ip;
             String::new()
         }
+        Command::HttpXff(v) => {
+            if let Some(v) = v {
+                s.xff = *v;
+            }
+            format!("{}\n", s.xff.word())
+        }
         // Read at start-up only: direct server return replaces the listener.
         Command::DsrIf(name) => {
             s.dsr_if = Some(name.clone());
@@ -529,6 +545,16 @@ fn changed_server(
         });
     }
     Ok(server)
+}
+
+impl crate::balancer::XffMode {
+    /// The word `http_xff` and `write` use.
+    pub fn word(self) -> &'static str {
+        match self {
+            crate::balancer::XffMode::Append => "append",
+            crate::balancer::XffMode::Keep => "keep",
+        }
+    }
 }
 
 impl crate::balancer::FastClose {

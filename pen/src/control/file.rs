@@ -209,6 +209,13 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
         }
         None => out.push_str("no source\n"),
     }
+    let _ = writeln!(out, "http_xff {}", s.xff.word());
+    match b.geoip() {
+        Some(g) => {
+            let _ = writeln!(out, "geoip {}", g.path().display());
+        }
+        None => out.push_str("no geoip\n"),
+    }
     out
 }
 

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::addr::ListenAddr;
-use crate::balancer::{AclEntry, AclId, ConnId, FastClose};
+use crate::balancer::{AclEntry, AclId, ConnId, FastClose, XffMode};
 
 /// Where a command came from. Commands that name files are only taken from the operator's own
 /// command line and config file, or over the control port inside a directory the operator
@@ -173,6 +173,11 @@ pub enum Command {
     /// `epoll`, `kqueue`, `poll`, `select`: accepted and ignored (tokio picks the mechanism).
     EventLoop(&'static str),
     Exit,
+    /// `geoip [FILE]`: the country database for `country` entries (new; pen used fixed paths).
+    GeoIp(Option<PathBuf>),
+    NoGeoIp,
+    /// `http_xff [append|keep]` (new): what `-H` does with a client's own X-Forwarded-For.
+    HttpXff(Option<XffMode>),
     IdleTimeout(Option<Duration>),
     Idlers(Option<usize>),
     /// Expanded by the config reader; reaching `execute` means it came over the control port.
@@ -218,9 +223,10 @@ impl Command {
     /// The file this command would read or write, if any (for the control-port file rule).
     pub fn file(&self) -> Option<PathBuf> {
         match self {
-            Command::Include(p) | Command::Write(Some(p)) | Command::WebStats(Some(p)) => {
-                Some(p.clone())
-            }
+            Command::Include(p)
+            | Command::Write(Some(p))
+            | Command::WebStats(Some(p))
+            | Command::GeoIp(Some(p)) => Some(p.clone()),
             Command::Log(Some(l)) if !log_is_network(l) => Some(PathBuf::from(l)),
             Command::Listen(Some((_, ListenAddr::Unix(p)))) => Some(p.clone()),
             Command::Ssl(Ssl::OcspResponse(p) | Ssl::SniPath(p)) => Some(p.clone()),
@@ -245,6 +251,8 @@ pub enum Action {
     Idlers(usize),
     /// Change the TLS configuration (rebuilt all or nothing).
     Tls(Ssl),
+    /// Open this country database and use it (None: no database).
+    GeoIp(Option<PathBuf>),
     /// Force-close a connection.
     Close(ConnId),
     Exit,

@@ -10,7 +10,7 @@ use super::{
     MAX_SERVERS,
 };
 use crate::addr;
-use crate::balancer::{AclEntry, AclId, ConnId, FastClose};
+use crate::balancer::{AclEntry, AclId, ConnId, FastClose, XffMode};
 
 /// Commands of pen 0.34.1 whose feature this version does not have.
 const LATER: &[&str] = &[];
@@ -74,6 +74,15 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
         "poll" => Command::EventLoop("poll"),
         "select" => Command::EventLoop("select"),
         "exit" => Command::Exit,
+        "geoip" => Command::GeoIp(arg.map(PathBuf::from)),
+        "http_xff" => Command::HttpXff(
+            arg.map(|a| match a {
+                "append" => Ok(XffMode::Append),
+                "keep" => Ok(XffMode::Keep),
+                other => Err(bad("http_xff", other, "append or keep")),
+            })
+            .transpose()?,
+        ),
         "idle_timeout" => Command::IdleTimeout(arg.map(|a| secs("idle_timeout", a)).transpose()?),
         "idlers" => Command::Idlers(arg.map(|a| count("idlers", a, 0, MAX_IDLERS)).transpose()?),
         "include" => Command::Include(PathBuf::from(need(arg, "include", "file name")?)),
@@ -177,6 +186,7 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
                 need(args.get(1).copied(), "no acl", "list number")?,
             )?),
             Some("log") => Command::NoLog,
+            Some("geoip") => Command::NoGeoIp,
             Some("web_stats") => Command::NoWebStats,
             Some("source") => Command::Source(None),
             Some("peek") => Command::Peek(false),

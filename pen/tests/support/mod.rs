@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, SockRef, Socket, Type};
 
 pub mod control;
+pub mod mmdb;
+pub mod udp;
 
 /// The binary under test.
 pub const PEN: &str = env!("CARGO_BIN_EXE_pen");
