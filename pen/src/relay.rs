@@ -137,7 +137,11 @@ impl Half {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            self.pending.clear();
+            if self.pending.capacity() != 0 {
+                // Drained: give the buffer back, so a connection that was pushed back once does
+                // not keep it while idle.
+                self.pending = Vec::new();
+            }
             self.written = 0;
             if self.unflushed {
                 match Pin::new(&mut *dst).poll_flush(cx) {
