@@ -494,3 +494,33 @@ fn renegotiation_is_refused_and_other_connections_carry_on() {
     pen.assert_alive();
     pen.finish();
 }
+
+/// `-E` with `-H`: requests that arrived over TLS say `X-Forwarded-Proto: https`.
+#[test]
+fn x_forwarded_proto_says_https_on_tls_connections() {
+    let setup = Setup::new();
+    let (tx, rx) = channel();
+    let backend = Backend::tcp(move |mut s: Stream| {
+        // One request head, then answer with it as one line.
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && matches!(s.read(&mut b), Ok(1)) {
+            head.push(b[0]);
+        }
+        let _ = tx.lock().unwrap().send(head);
+        let _ = s.write_all(b"ok\n");
+        let _ = drain(&mut s);
+    });
+    let pen = setup.pen(&["-H"], &[backend.spec()]);
+    let client = Client::new(&setup.ca, None);
+    let mut session = client.connect(pen.tcp(), "localhost").expect("handshake");
+    assert_eq!(
+        session.ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap(),
+        "ok"
+    );
+    let head = String::from_utf8(rx.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
+    drop(session);
+    pen.finish();
+}

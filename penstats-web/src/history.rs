@@ -1,5 +1,5 @@
 //! The last minutes of every server, from one snapshot per poll: open connections, and the
-//! byte rates worked out from pen's byte counters. Pure: the caller passes the time of each
+//! connection and byte rates worked out from pen's counters. Pure: the caller passes the time of each
 //! poll, so the arithmetic is tested without a clock.
 //!
 //! A failed poll is recorded as a gap, so a chart shows a break where pen could not be asked
@@ -37,6 +37,7 @@ struct Point {
     /// one per poll.
     key: Arc<ServerKey>,
     conns: u32,
+    connects: u64,
     sent: u64,
     received: u64,
 }
@@ -57,6 +58,8 @@ pub struct ServerSeries {
     pub key: ServerKey,
     /// Open connections at each poll.
     pub conns: Runs,
+    /// New connections per second, between one poll and the next.
+    pub connect_rate: Runs,
     /// Bytes per second sent to the server, between one poll and the next.
     pub sent_rate: Runs,
     /// Bytes per second received from the server.
@@ -97,6 +100,7 @@ impl History {
                     Point {
                         key,
                         conns: srv.conns,
+                        connects: srv.connects,
                         sent: srv.sent,
                         received: srv.received,
                     }
@@ -139,6 +143,7 @@ impl History {
         let mut out = ServerSeries {
             key: key.clone(),
             conns: Vec::new(),
+            connect_rate: Vec::new(),
             sent_rate: Vec::new(),
             received_rate: Vec::new(),
         };
@@ -169,6 +174,12 @@ impl History {
                             let delta = if new >= old { new - old } else { new };
                             delta as f64 / dt
                         };
+                        push(
+                            &mut out.connect_rate,
+                            rate_open,
+                            ago,
+                            rate(point.connects, before.connects),
+                        );
                         push(
                             &mut out.sent_rate,
                             rate_open,
@@ -252,6 +263,23 @@ mod tests {
         assert_eq!(s.conns, vec![vec![(4.0, 1.0), (2.0, 3.0), (0.0, 0.0)]]);
         assert_eq!(s.sent_rate, vec![vec![(2.0, 100.0), (0.0, 100.0)]]);
         assert_eq!(s.received_rate, vec![vec![(2.0, 0.0), (0.0, 2000.0)]]);
+    }
+
+    #[test]
+    fn the_connection_rate_comes_from_the_connects_counter() {
+        let t0 = Instant::now();
+        let mut h = History::new(Duration::from_secs(60));
+        let with = |connects: u64| {
+            let mut s = snap(&[(0, 0, 0)]);
+            s.servers[0].connects = connects;
+            s
+        };
+        h.record(secs(t0, 0), Some(&with(10)));
+        h.record(secs(t0, 2), Some(&with(30)));
+        h.record(secs(t0, 4), Some(&with(5)));
+        let s = &h.series(secs(t0, 4))[0];
+        // 20 in 2 s; then a reset (pen restarted): the rate starts again from the new value.
+        assert_eq!(s.connect_rate, vec![vec![(2.0, 10.0), (0.0, 2.5)]]);
     }
 
     #[test]

@@ -66,12 +66,18 @@ pub fn render(snapshot: Option<&Snapshot>, polls: PollCounts) -> String {
             .map(|srv| (server_labels(srv), value(srv)))
             .collect()
     };
-    let server_families: [(&str, &str, &str, ServerValue); 10] = [
+    let server_families: [(&str, &str, &str, ServerValue); 11] = [
         (
             "pen_server_connections",
             "gauge",
             "Open connections on the server (connecting or established).",
             |v| v.conns.to_string(),
+        ),
+        (
+            "pen_server_connections_total",
+            "counter",
+            "Connections sent to the server since pen started.",
+            |v| v.connects.to_string(),
         ),
         (
             "pen_server_sent_bytes_total",

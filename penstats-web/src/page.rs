@@ -339,8 +339,8 @@ fn settings(s: &Snapshot) -> Vec<(&'static str, String)> {
 
 fn conns_chart(series: Option<&ServerSeries>, window: f64) -> Chart {
     let empty = Vec::new();
-    let runs = series.map_or(&empty, |s| &s.conns);
-    chart::draw(window, Unit::Count, &[("conns", runs)])
+    let (open, new) = series.map_or((&empty, &empty), |s| (&s.conns, &s.connect_rate));
+    chart::draw(window, Unit::Count, &[("conns", open), ("connects", new)])
 }
 
 fn bytes_chart(series: Option<&ServerSeries>, window: f64) -> Chart {

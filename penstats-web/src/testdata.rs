@@ -16,6 +16,7 @@ pub fn server(index: i64, address: &str, port: u16) -> ServerStats {
         blacklisted: false,
         blacklist_remaining: 0,
         conns: 0,
+        connects: 0,
         maxc: 0,
         hard: 0,
         sent: 0,

@@ -172,6 +172,8 @@ pub struct Server {
     pub acl: AclId,
     /// Connections assigned to this server: connecting or established.
     pub conns: u32,
+    /// Connections ever assigned to this server (failover counts each server tried).
+    pub connects: u64,
     pub last_failure: Option<Instant>,
     pub blacklisted_until: Option<Instant>,
     /// Bytes sent to the server by connections that have closed (live ones are in `Conn`).
@@ -436,6 +438,7 @@ impl Balancer {
         }
         let old = &self.servers[id.0];
         server.conns = old.conns;
+        server.connects = old.connects;
         server.sent = old.sent;
         server.received = old.received;
         server.last_failure = old.last_failure;
@@ -697,6 +700,7 @@ impl Balancer {
             return false;
         }
         s.conns += 1;
+        s.connects += 1;
         if let Some(conn) = self.conn_mut(id) {
             conn.target = Some(target);
             conn.attempts += u32::from(matches!(target, Target::Server(_)));

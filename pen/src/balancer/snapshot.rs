@@ -43,6 +43,9 @@ pub struct ServerStats {
     pub blacklist_remaining: u64,
     /// Connections on the server (connecting or established).
     pub conns: u32,
+    /// Connections ever sent to the server (a counter: rates come from its differences).
+    #[serde(default)]
+    pub connects: u64,
     /// Soft limit (`maxc`); 0 = none.
     pub maxc: u32,
     pub hard: u32,
@@ -202,6 +205,7 @@ impl Snapshot {
                 blacklisted: s.is_blacklisted(now),
                 blacklist_remaining: secs_rounded_up(remaining),
                 conns: s.conns,
+                connects: s.connects,
                 maxc: s.maxc,
                 hard: s.hard,
                 sent,

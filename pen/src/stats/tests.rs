@@ -20,6 +20,7 @@ fn server(
         blacklisted: false,
         blacklist_remaining: 0,
         conns: c,
+        connects: u64::from(c),
         maxc: limits.0,
         hard: limits.1,
         sent: bytes.0,
