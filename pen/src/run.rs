@@ -204,6 +204,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .as_deref()
         .map(daemon::PidFile::create)
         .transpose()?;
+    let mut udp = udp;
+    if let Some(plane) = udp.as_mut() {
+        plane.go();
+    }
     let threads = if udp.is_some() { 0 } else { data_threads() };
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();

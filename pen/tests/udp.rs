@@ -419,3 +419,46 @@ fn the_control_port_works_with_udp() {
     assert_eq!(b.sources().len(), 2);
     pen.finish();
 }
+
+/// `-l` with `-U`: every client datagram is a line of the request log, the first of each
+/// session included.
+#[test]
+fn every_client_datagram_is_logged() {
+    let a = UdpBackend::new("A", Answer::Echo);
+    let dir = support::TempDir::new("udplog");
+    let log = dir.join("pen.log");
+    let log_arg = log.display().to_string();
+    let pen = Pen::start_udp(&["-l", &log_arg], &[a.spec()]);
+    let c = udp_client_from(71);
+    for q in [&b"query one"[..], b"query two"] {
+        udp_ask(&c, pen.udp(), q).unwrap();
+    }
+    let d = udp_client_from(72);
+    udp_ask(&d, pen.udp(), b"other client").unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let found = support::poll_until(Duration::from_secs(5), || {
+        let lines: Vec<String> = read().lines().map(String::from).collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    let Some(lines) = found else {
+        panic!("log: {:?}; stderr:\n{}", read(), pen.stderr_text());
+    };
+    let client_and_request = |l: &str| {
+        let f: Vec<&str> = l.splitn(4, ' ').collect();
+        (f[0].to_string(), f[2].to_string(), f[3].to_string())
+    };
+    let got: Vec<_> = lines.iter().map(|l| client_and_request(l)).collect();
+    assert_eq!(
+        got,
+        [
+            ("127.0.0.71".into(), "127.0.0.1".into(), "query one".into()),
+            ("127.0.0.71".into(), "127.0.0.1".into(), "query two".into()),
+            (
+                "127.0.0.72".into(),
+                "127.0.0.1".into(),
+                "other client".into()
+            ),
+        ]
+    );
+    pen.finish();
+}

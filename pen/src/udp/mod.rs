@@ -78,11 +78,15 @@ pub struct UdpPlane {
     stop: Arc<EventFd>,
     thread: Option<std::thread::JoinHandle<()>>,
     local_addr: SocketAddr,
+    /// The thread waits for this before serving (`go`), so that start-up (jail, user, request
+    /// log, pid file) is complete before the first datagram is handled.
+    go: Option<mpsc::Sender<()>>,
 }
 
 impl UdpPlane {
-    /// Bind `listen` and start the UDP thread. `sessions_max` is `-x`; it is lowered to what
-    /// the descriptor limit allows (one descriptor per session).
+    /// Bind `listen` and start the UDP thread, which serves once `go` is called (datagrams
+    /// wait in the socket until then). `sessions_max` is `-x`; it is lowered to what the
+    /// descriptor limit allows (one descriptor per session).
     pub fn start(
         listen: SocketAddr,
         shared: Arc<Shared>,
@@ -114,10 +118,14 @@ impl UdpPlane {
             reply: vec![0; 65_536].into_boxed_slice(),
         };
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("pen-udp".into())
             .spawn(move || {
                 let _ = ready_tx.send(());
+                // Released by `go`, or by `stop` dropping the sender (then the stop event ends
+                // the loop at once).
+                let _ = go_rx.recv();
                 plane.run();
             })
             .context("can't start the UDP thread")?;
@@ -129,6 +137,7 @@ impl UdpPlane {
             stop,
             thread: Some(thread),
             local_addr,
+            go: Some(go_tx),
         })
     }
 
@@ -137,8 +146,16 @@ impl UdpPlane {
     }
 
     /// End every session and the thread.
+    /// Start serving.
+    pub fn go(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
+
     pub fn stop(mut self) {
         let _ = self.stop.write(1);
+        self.go.take();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 warn!("the UDP thread panicked");
@@ -275,6 +292,14 @@ impl Plane {
                 }
             }
         };
+        // The request log sees every client datagram, as the TCP relay's every read (one
+        // relaxed load when logging is off).
+        if let Some(backend) = self.session(token).map(|s| s.backend.ip()) {
+            self.shared
+                .reqlog
+                .tap(Some(client.ip()), Some(backend))
+                .chunk(data);
+        }
         let Some(session) = self.session(token) else {
             return;
         };
