@@ -112,9 +112,16 @@ fn bad_input_exits_1_naming_the_argument_before_binding() {
         );
         assert_eq!(out.stdout, "", "pen {argv:?}");
     }
-    // And the port is still ours (pen left nothing behind).
+    // And nobody listens on the port (pen left nothing behind). SO_REUSEADDR, so that another
+    // test's connection that happens to use the same local port does not count.
     drop(held);
-    TcpListener::bind(&l).expect("listen port free after the failed starts");
+    let again = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    again.set_reuse_address(true).unwrap();
+    let addr: std::net::SocketAddr = l.parse().unwrap();
+    again
+        .bind(&addr.into())
+        .and_then(|()| again.listen(1))
+        .expect("listen port free after the failed starts");
 }
 
 /// Every option whose feature is not in this build (pen's own table says which) is refused.
