@@ -80,8 +80,9 @@ enum Phase {
 ///
 /// Threads: one data-plane thread per core, each with its own single-threaded runtime and its
 /// own descriptor of the listening socket; a connection lives on the thread that accepted it, so
-/// no thread ever wakes another to run it. The main thread handles signals (and is where the
-/// control plane will live), so nothing it does can delay a connection.
+/// no thread ever wakes another to run it. The main thread runs the control plane (signals, the
+/// control port, config re-reads), so nothing it does can delay a connection. With `-U` the UDP
+/// plane's one thread replaces the data-plane threads; with `dsr_if`, the DSR thread.
 pub fn run(options: Options) -> anyhow::Result<()> {
     // Looked up while /etc/passwd is in reach, and before forking, so a typo fails at once.
     let user = options
@@ -151,12 +152,26 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         // Direct server return relays nothing: no listener, no data-plane threads.
         let tarpit = admin_tarpit(&shared, host.tarpit_acl);
         let dsr = start_dsr(&listen, &interface, tarpit, shared)?;
+        // DSR needs root for its raw socket, so no jail or user change; the pid file and the
+        // daemon's readiness as in the relaying modes.
+        let pid_file = options
+            .pid_file
+            .as_deref()
+            .map(daemon::PidFile::create)
+            .transpose()?;
+        if let Some(readiness) = readiness {
+            if let Some(syslog) = connect_syslog() {
+                logging::use_syslog(syslog);
+            }
+            readiness.ready()?;
+        }
         control.block_on(async {
             while !matches!(signals.next().await, Event::Stop) {
                 warn!("signal ignored in direct server return mode");
             }
         });
         drop(dsr);
+        drop(pid_file);
         return Ok(());
     }
     let control_listener = bind_control(&options)?;

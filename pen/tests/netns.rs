@@ -469,3 +469,45 @@ fn the_binary_takes_transparent_and_source_from_o_and_the_control_port() {
     assert_eq!(ask_from(&net.client, at), "peer=10.71.2.3", "source");
     pen.finish();
 }
+
+/// `dsr_if` in daemon mode: the parent exits 0 once DSR runs, the pid file names the daemon,
+/// and TERM stops it and removes the pid file.
+#[test]
+fn dsr_as_a_daemon_reports_readiness_and_keeps_a_pid_file() {
+    let (a, b) = (Netns::new("dda"), Netns::new("ddb"));
+    veth(&a, "d0", &b, "d1");
+    a.ip("addr add 10.73.0.1/24 dev d0");
+    let dir = TempDir::new("dsrd");
+    let pid_file = dir.join("pen.pid");
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &a.name, support::PEN, "-p"])
+        .arg(&pid_file)
+        .args(["-o", "dsr_if d0", "10.73.0.100:80", "10.73.0.2:80"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run pen");
+    assert!(
+        status.status.success(),
+        "the parent did not exit 0: {status:?}"
+    );
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    support::send_signal(pid, "TERM");
+    // Gone, or a zombie waiting for a reaper (PID 1 here reaps late).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    support::wait_until("the daemon to stop", WAIT, || {
+        (!pid_file.exists() && !running()).then_some(())
+    });
+}
