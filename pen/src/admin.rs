@@ -187,7 +187,20 @@ impl Admin {
 
     /// Read a config file (outside the locks) and apply it as one transaction.
     pub fn apply_file(&self, path: &Path, origin: Origin) -> Result<file::Applied, ControlError> {
-        let lines = file::read(path)?;
+        // Over the control port every file read stays in `control_files`, nested includes too.
+        let within = match origin {
+            Origin::ControlPort => self.host().control_files.clone(),
+            _ => None,
+        };
+        let lines = match (&within, origin) {
+            (None, Origin::ControlPort) => {
+                return Err(ControlError::Refused {
+                    command: "include",
+                    reason: "no control_files directory is set".into(),
+                })
+            }
+            _ => file::read_within(path, within.as_deref())?,
+        };
         let ctx = self.context(origin);
         self.shared.with(|b| {
             let mut host = self.host();

@@ -25,13 +25,29 @@ pub struct Line {
 /// Read and parse `path` and everything it includes. Nothing is applied; any error (an
 /// unreadable file, a bad command, an include loop) names the file and line.
 pub fn read(path: &Path) -> Result<Vec<Line>, ControlError> {
+    read_within(path, None)
+}
+
+/// `read`, where every file (the first and each one it includes, symbolic links resolved)
+/// must be inside `within` when given: `include` over the control port stays in
+/// `control_files`.
+pub fn read_within(path: &Path, within: Option<&Path>) -> Result<Vec<Line>, ControlError> {
+    let within = within
+        .map(|dir| {
+            dir.canonicalize().map_err(|e| ControlError::File {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()?;
     let mut out = Vec::new();
-    read_into(path, &mut Vec::new(), &mut out)?;
+    read_into(path, within.as_deref(), &mut Vec::new(), &mut out)?;
     Ok(out)
 }
 
 fn read_into(
     path: &Path,
+    within: Option<&Path>,
     stack: &mut Vec<PathBuf>,
     out: &mut Vec<Line>,
 ) -> Result<(), ControlError> {
@@ -43,6 +59,12 @@ fn read_into(
     let canonical = path
         .canonicalize()
         .map_err(|e| file_error(format!("cannot read config file: {e}")))?;
+    if within.is_some_and(|dir| !canonical.starts_with(dir)) {
+        return Err(file_error(
+            "outside the control_files directory (over the control port, files must be in it)"
+                .into(),
+        ));
+    }
     if stack.contains(&canonical) {
         return Err(file_error("include loop: the file includes itself".into()));
     }
@@ -74,7 +96,7 @@ fn read_into(
                 Some(dir) if inner.is_relative() => dir.join(inner),
                 _ => inner.clone(),
             };
-            read_into(&inner, stack, out).map_err(at)?;
+            read_into(&inner, within, stack, out).map_err(at)?;
             continue;
         }
         out.push(Line {
@@ -324,6 +346,38 @@ mod tests {
         std::fs::write(&f, "blacklist 9\nblacklist x\n").unwrap();
         let e = read(&f).unwrap_err().to_string();
         assert!(e.contains("bad.cfg:2:") && e.contains("'x'"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Over the control port an allowed file cannot include one outside `control_files`, not
+    /// by an absolute path, `..`, or a symbolic link.
+    #[test]
+    fn confined_reads_stay_inside_the_directory() {
+        let d = dir();
+        let allowed = d.join("allowed");
+        std::fs::create_dir_all(&allowed).unwrap();
+        let outside = d.join("secret.cfg");
+        std::fs::write(&outside, "blacklist 1\n").unwrap();
+        let ok = allowed.join("ok.cfg");
+        std::fs::write(&ok, "tracking 5\n").unwrap();
+        assert_eq!(read_within(&ok, Some(&allowed)).unwrap().len(), 1);
+        for (name, text) in [
+            ("abs.cfg", format!("include {}\n", outside.display())),
+            ("dots.cfg", "include ../secret.cfg\n".to_string()),
+        ] {
+            let f = allowed.join(name);
+            std::fs::write(&f, text).unwrap();
+            let e = read_within(&f, Some(&allowed)).unwrap_err().to_string();
+            assert!(e.contains("outside the control_files"), "{name}: {e}");
+            assert!(
+                read(&f).is_ok(),
+                "{name}: the operator's own reads are not confined"
+            );
+        }
+        let link = allowed.join("link.cfg");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let e = read_within(&link, Some(&allowed)).unwrap_err().to_string();
+        assert!(e.contains("outside the control_files"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
