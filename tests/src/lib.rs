@@ -45,32 +45,36 @@ const START_ATTEMPTS: usize = 5;
 
 // ---- binaries -------------------------------------------------------------------------------
 
-/// Our `pen` binary: `$PEN_BIN` if set, else `target/<profile>/pen` next to this test's
-/// `target/<profile>/deps/` directory. Panics with instructions when it has not been built (a
-/// test crate cannot depend on another package's binary, so cargo does not build it for us).
-pub fn our_pen() -> PathBuf {
-    if let Some(bin) = std::env::var_os("PEN_BIN") {
+/// One of our binaries: `$ENV` if set, else `target/<profile>/<name>` beside this test's
+/// `target/<profile>/deps/` (`cargo test --workspace` builds every binary of the workspace).
+pub fn our_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env) {
         let bin = PathBuf::from(bin);
         assert!(
             bin.is_file(),
-            "PEN_BIN={} does not name a file",
+            "{env}={} does not name a file",
             bin.display()
         );
         return bin;
     }
     let exe = std::env::current_exe().expect("can't find the test executable's path");
-    let profile_dir = exe
+    let bin = exe
         .parent()
         .and_then(Path::parent)
-        .expect("the test executable is not under target/<profile>/deps/");
-    let bin = profile_dir.join("pen");
+        .expect("the test executable is not under target/<profile>/deps/")
+        .join(name);
     assert!(
         bin.is_file(),
-        "our pen binary is not at {}: run `cargo build -p pen` first (with the same profile as \
-         the tests), or point PEN_BIN at it",
+        "our {name} binary is not at {}: run `cargo build --workspace --bins` first (with the \
+         same profile as the tests), or point {env} at it",
         bin.display()
     );
     bin
+}
+
+/// Our pen (`$PEN_BIN` overrides).
+pub fn our_pen() -> PathBuf {
+    our_binary("pen", "PEN_BIN")
 }
 
 /// Debian's C pen 0.34.1. A missing C pen fails the calling test, because a skipped comparison

@@ -20,17 +20,9 @@ use crate::STOP_GRACE;
 pub const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(10);
 
-/// Our binary `name`, next to our pen (see `our_pen`): `target/<profile>/<name>`.
+/// Our binary `name`, built beside our pen.
 pub fn our_bin(name: &str) -> PathBuf {
-    let pen = crate::our_pen();
-    let bin = pen.with_file_name(name);
-    assert!(
-        bin.is_file(),
-        "our {name} is not at {}: run `cargo build --workspace --bins` first (with the same \
-         profile as the tests)",
-        bin.display()
-    );
-    bin
+    crate::our_binary(name, &format!("{}_BIN", name.to_uppercase()))
 }
 
 /// Debian's C tool `name` (from the `pen` package). Missing, it fails the test, unless

@@ -13,31 +13,9 @@ pub const C_PENCTL: &str = "/usr/bin/penctl";
 /// No penctl run in these tests comes near this; it keeps a broken test finite.
 pub const PENCTL_LIMIT: Duration = Duration::from_secs(30);
 
-/// Our `penctl`: `$PENCTL_BIN` if set, else `target/<profile>/penctl` beside this test's
-/// `target/<profile>/deps/`. `cargo test --workspace` builds it (penctl's own tests need it).
+/// Our `penctl` (`$PENCTL_BIN` overrides).
 pub fn our_penctl() -> PathBuf {
-    if let Some(bin) = std::env::var_os("PENCTL_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "PENCTL_BIN={} does not name a file",
-            bin.display()
-        );
-        return bin;
-    }
-    let exe = std::env::current_exe().expect("can't find the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable is not under target/<profile>/deps/")
-        .join("penctl");
-    assert!(
-        bin.is_file(),
-        "our penctl binary is not at {}: run `cargo build -p penctl` first (with the same \
-         profile as the tests), or point PENCTL_BIN at it",
-        bin.display()
-    );
-    bin
+    crate::our_binary("penctl", "PENCTL_BIN")
 }
 
 /// Debian's C penctl, under the same rule as `c_pen`: missing, it fails the test unless

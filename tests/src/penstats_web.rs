@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -15,32 +15,9 @@ use crate::{stop_child, Drain, Output};
 /// How long penstats-web may take to print its address.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Our `penstats-web`: `$PENSTATS_WEB_BIN` if set, else `target/<profile>/penstats-web` beside
-/// this test's `target/<profile>/deps/`. `cargo test --workspace` builds it (its own tests need
-/// it).
+/// Our `penstats-web` (`$PENSTATS_WEB_BIN` overrides).
 pub fn our_penstats_web() -> PathBuf {
-    if let Some(bin) = std::env::var_os("PENSTATS_WEB_BIN") {
-        let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "PENSTATS_WEB_BIN={} does not name a file",
-            bin.display()
-        );
-        return bin;
-    }
-    let exe = std::env::current_exe().expect("can't find the test executable's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable is not under target/<profile>/deps/")
-        .join("penstats-web");
-    assert!(
-        bin.is_file(),
-        "our penstats-web binary is not at {}: run `cargo build -p penstats-web` first (with \
-         the same profile as the tests), or point PENSTATS_WEB_BIN at it",
-        bin.display()
-    );
-    bin
+    crate::our_binary("penstats-web", "PENSTATS_WEB_BIN")
 }
 
 /// A running penstats-web. Dropping it stops the process.
