@@ -168,7 +168,9 @@ async fn serve(
 ) {
     let client = match tls {
         None => client,
-        Some(tls) => match tls.accept(client).await {
+        // Boxed: the handshake's state is kilobytes, and a plain TCP connection should not
+        // carry (and move) that much room in its task.
+        Some(tls) => match Box::pin(tls.accept(client)).await {
             Ok(client) => client,
             Err(e) => {
                 let who = peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
@@ -187,7 +189,8 @@ async fn serve(
         client.set_nodelay();
     }
     let Some(mut admission) = admission else {
-        dummy(client, &settings).await;
+        // Boxed, like the handshake: its read buffer would otherwise make every task bigger.
+        Box::pin(dummy(client, &settings)).await;
         return;
     };
     let mut guard = ConnGuard {
