@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::udp::{
     dead_udp_port, udp_ask, udp_client, udp_client_from, udp_reply, Answer, UdpBackend, UdpListen,
 };
-use support::{fd_count, ipv6_available, wait_until, Pen};
+use support::{fd_count, ipv6_available, socket_inodes, wait_until, Pen};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -179,25 +179,27 @@ fn idle_sessions_expire_and_their_late_replies_are_dropped() {
         Duration::from_secs(5),
         || expired(1).then_some(()),
     );
+    // Its socket is kept for the next session, disconnected from the server.
     let baseline = fd_count(pen.pid());
     let c = udp_client_from(50);
     c.send_to(b"late", pen.udp()).unwrap();
-    wait_until("the session's socket", Duration::from_secs(3), || {
-        (fd_count(pen.pid()) == baseline + 1).then_some(())
+    let before = wait_until("the backend to get 'late'", Duration::from_secs(3), || {
+        slow.source_of(b"late")
     });
+    assert_ne!(
+        Some(before),
+        slow.source_of(b"warm"),
+        "the kept socket got a new port"
+    );
+    assert_eq!(fd_count(pen.pid()), baseline, "the kept socket was used");
     wait_until("the session to expire", Duration::from_secs(5), || {
         expired(2).then_some(())
     });
-    wait_until(
-        "the session's socket to close",
-        Duration::from_secs(3),
-        || (fd_count(pen.pid()) == baseline).then_some(()),
-    );
-    // The reply comes at 2 s, to a socket that is gone: the client never sees it.
+    // The reply comes at 2 s, to a port no socket has any more: the client never sees it.
     assert!(udp_reply(&c).is_err(), "a late reply reached the client");
     assert_eq!(slow.received.load(std::sync::atomic::Ordering::SeqCst), 2);
-    // The next datagram opens a new session (a new socket towards the server).
-    let before = slow.source_of(b"late").unwrap();
+    assert_eq!(fd_count(pen.pid()), baseline, "one socket, kept");
+    // The next datagram opens a new session, from a new port.
     c.send_to(b"again", pen.udp()).unwrap();
     let again = wait_until("the backend to get 'again'", Duration::from_secs(3), || {
         slow.source_of(b"again")
@@ -237,6 +239,39 @@ fn a_full_table_recycles_the_least_recently_used_session() {
     let counts = final_counts(pen);
     assert!(
         counts.contains("4 sessions") && counts.contains("2 recycled"),
+        "{counts}"
+    );
+}
+
+/// An ended session's socket serves the next session, and that is as safe as closing it: the
+/// old session's late reply goes to a port the socket no longer has, so it never reaches the
+/// new client.
+#[test]
+fn a_recycled_sessions_socket_serves_the_next_session_without_its_late_replies() {
+    let slow = UdpBackend::new("S", Answer::After(Duration::from_millis(600)));
+    let pen = Pen::start_udp(&["-d", "-x", "1"], &[slow.spec()]);
+    let (a, b) = (udp_client_from(71), udp_client_from(72));
+    a.send_to(b"a", pen.udp()).unwrap();
+    let from_a = wait_until("the backend to get 'a'", Duration::from_secs(3), || {
+        slow.source_of(b"a")
+    });
+    let sockets: HashSet<u64> = socket_inodes(pen.pid()).into_iter().collect();
+    // The table holds one session: b's recycles a's, and takes its socket.
+    b.send_to(b"b", pen.udp()).unwrap();
+    let from_b = wait_until("the backend to get 'b'", Duration::from_secs(3), || {
+        slow.source_of(b"b")
+    });
+    assert_ne!(from_a, from_b, "the kept socket connected from a new port");
+    let now: HashSet<u64> = socket_inodes(pen.pid()).into_iter().collect();
+    assert_eq!(now, sockets, "b's session reused a's socket");
+    // Both replies come 0.6 s after their queries: b gets its own, and never a's.
+    let (reply, from) = udp_reply(&b).expect("b's reply");
+    assert_eq!((text(&reply), from), ("S:b".to_string(), pen.udp()));
+    assert!(udp_reply(&b).is_err(), "a's reply reached b");
+    assert!(udp_reply(&a).is_err(), "a's session was recycled");
+    let counts = final_counts(pen);
+    assert!(
+        counts.contains("2 sessions") && counts.contains("1 recycled"),
         "{counts}"
     );
 }

@@ -5,8 +5,9 @@
 //! Shape: one thread running one level-triggered epoll loop, as C pen does, rather than a
 //! tokio runtime: a UDP relay has no streams to drive, and a plain loop does each request with
 //! the four system calls it needs (receive from the client, send to the server, receive the
-//! reply, send it back), takes a session's socket out of the loop by closing it, and keeps no
-//! task per session. The listening socket receives every client datagram (`recvmmsg`, 16 at a
+//! reply, send it back), hands an ended session's socket to the next session (`spares`: a
+//! disconnect and a connect instead of a close, a new socket and an epoll registration), and
+//! keeps no task per session. The listening socket receives every client datagram (`recvmmsg`, 16 at a
 //! time); the session table (client address and port -> session) finds or opens the session;
 //! the datagram goes out on the session's own socket, connected to its server, and the server's
 //! replies go back through the listening socket, from the address the client sent to. A
@@ -24,10 +25,12 @@
 //! Invariants: everything here is owned by the UDP thread, except the balancer, reached through
 //! `Shared::with`; nothing blocks but `epoll_wait`; no datagram is queued in pen (when a socket
 //! cannot take one at once, it is dropped and counted, as a router would); the number of open
-//! sockets is bounded by the table's capacity.
+//! sockets, sessions' and kept ones together, is bounded by the table's capacity.
 
+mod lifecycle;
 mod session;
 mod socket;
+mod spares;
 mod stats;
 mod table;
 
@@ -45,12 +48,11 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{debug, info, warn};
 
-use crate::addr::Backend;
-use crate::balancer::{Admission, Peer, Target};
-use crate::net;
-use crate::proxy::{describe, RateLimit, Shared};
-use session::{Placed, Session};
-use socket::{connect_upstream, Batch, Downstream, LocalDst, BATCH};
+use crate::balancer::Target;
+use crate::proxy::{RateLimit, Shared};
+use session::Session;
+use socket::{Batch, Downstream, LocalDst, BATCH};
+use spares::Spares;
 use table::SessionTable;
 
 pub use socket::is_server_failure;
@@ -114,6 +116,7 @@ impl UdpPlane {
             table: SessionTable::new(capacity),
             slots: Vec::new(),
             free: Vec::new(),
+            spares: Spares::default(),
             refusals: HashMap::new(),
             reply: vec![0; 65_536].into_boxed_slice(),
         };
@@ -202,6 +205,8 @@ struct Plane {
     /// The sessions; a session's slot number is its epoll token.
     slots: Vec<Option<Session>>,
     free: Vec<usize>,
+    /// Sockets of ended sessions, for new ones; their tokens are in neither `slots` nor `free`.
+    spares: Spares,
     /// Per server, how many times it refused a datagram. A session placed on it before the
     /// latest refusal is moved on its next datagram, so one ICMP error moves every session of
     /// a dead server, not just the one that heard it.
@@ -365,198 +370,6 @@ impl Plane {
             .is_some_and(|s| self.refusals.get(&s.target).copied().unwrap_or(0) != s.refusals_seen)
     }
 
-    /// A new session for `client`, placed by the balancer; None if no server takes it.
-    fn open(&mut self, client: SocketAddr, local: Option<LocalDst>, now: Instant) -> Option<usize> {
-        // Make room first, so that the new socket has a descriptor.
-        if self.table.len() >= self.table.capacity() {
-            self.recycle_one();
-        }
-        let peer = Peer {
-            ip: Some(client.ip().to_canonical()),
-            port: client.port(),
-        };
-        let admission = self.shared.with(|b| b.admit(peer, now));
-        let placed = self.place(admission, now)?;
-        let token = self.free.pop().unwrap_or(self.slots.len());
-        let registered = self.epoll.add(
-            &placed.socket,
-            EpollEvent::new(EpollFlags::EPOLLIN, token as u64),
-        );
-        if let Err(e) = registered {
-            if LOCAL_FAILURE_LOG.allow(Instant::now()) {
-                warn!("udp: can't watch a new socket: {e}");
-            }
-            self.shared.with(|b| b.closed(placed.conn));
-            if token < self.slots.len() {
-                self.free.push(token);
-            }
-            return None;
-        }
-        debug!(
-            "udp: session {client} -> {} ({})",
-            describe(placed.target),
-            placed.backend
-        );
-        let seen = self.refusals.get(&placed.target).copied().unwrap_or(0);
-        let session = Session::new(client, local, placed, seen, now);
-        if token == self.slots.len() {
-            self.slots.push(Some(session));
-        } else {
-            self.slots[token] = Some(session);
-        }
-        if let Some((_, old)) = self.table.insert(client, token, now) {
-            self.finish(old, End::Recycled);
-        }
-        STATS.sessions.fetch_add(1, Ordering::Relaxed);
-        STATS.live.fetch_add(1, Ordering::Relaxed);
-        Some(token)
-    }
-
-    fn recycle_one(&mut self) {
-        if let Some((_, token)) = self.table.pop_lru() {
-            self.finish(token, End::Recycled);
-        }
-    }
-
-    /// Open a socket to the backend the balancer chose, failing over as it says. None when no
-    /// server is left (the balancer then no longer holds the connection slot).
-    fn place(&mut self, mut admission: Admission, now: Instant) -> Option<Placed> {
-        loop {
-            let Admission::Connect {
-                conn,
-                target,
-                backend,
-            } = admission
-            else {
-                return None;
-            };
-            let Backend::Tcp(addr) = backend else {
-                // The command line refuses Unix-socket servers with -U; a server set to one
-                // later cannot take datagrams.
-                admission = self.shared.with(|b| b.connect_failed(conn, now));
-                continue;
-            };
-            match connect_upstream(addr) {
-                Ok(socket) => {
-                    let counters = self.shared.with(|b| {
-                        b.connected(conn);
-                        b.conn(conn).map(|c| c.counters.clone())
-                    });
-                    return Some(Placed {
-                        conn,
-                        target,
-                        backend: addr,
-                        socket,
-                        counters: counters.unwrap_or_default(),
-                    });
-                }
-                Err(e) if net::is_local_failure(&e) => {
-                    if LOCAL_FAILURE_LOG.allow(Instant::now()) {
-                        warn!("udp: can't open a socket to {addr}: {e}; recycling a session");
-                    }
-                    self.shared.with(|b| b.closed(conn));
-                    self.recycle_one();
-                    return None;
-                }
-                Err(e) => {
-                    info!(
-                        "udp: {} ({addr}) failed: {e}; blacklisting it",
-                        describe(target)
-                    );
-                    admission = self.shared.with(|b| b.connect_failed(conn, now));
-                }
-            }
-        }
-    }
-
-    /// The server of a session refused a datagram (ICMP unreachable): blacklist it, move the
-    /// session to the next server and send its last datagram again there, or end the session
-    /// when no server is left.
-    fn fail_over(&mut self, token: usize, error: &io::Error, now: Instant) {
-        let Some(session) = self.session(token) else {
-            return;
-        };
-        let (target, backend, conn) = (session.target, session.backend, session.conn);
-        info!(
-            "udp: {} ({backend}) refused a datagram: {error}; blacklisting it",
-            describe(target)
-        );
-        *self.refusals.entry(target).or_default() += 1;
-        STATS.failed_over.fetch_add(1, Ordering::Relaxed);
-        let admission = self.shared.with(|b| b.connect_failed(conn, now));
-        let placed = self.place(admission, now);
-        let Some(placed) = placed else {
-            // The balancer has already let go of the connection slot.
-            if let Some(session) = self.session(token) {
-                session.released = true;
-            }
-            self.end(token, End::NoServer);
-            return;
-        };
-        let registered = self.epoll.add(
-            &placed.socket,
-            EpollEvent::new(EpollFlags::EPOLLIN, token as u64),
-        );
-        let seen = self.refusals.get(&placed.target).copied().unwrap_or(0);
-        let Some(session) = self.session(token) else {
-            return;
-        };
-        debug!(
-            "udp: session {} moved to {} ({})",
-            session.client,
-            describe(placed.target),
-            placed.backend
-        );
-        // The old socket closes here, which takes it out of the epoll set.
-        session.move_to(placed, seen);
-        if registered.is_err() {
-            self.end(token, End::NoServer);
-            return;
-        }
-        if let Some(data) = session.kept() {
-            match session.socket.send(data) {
-                Ok(n) => {
-                    session.counters.add_to_server(n);
-                    STATS.to_servers.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    STATS.dropped.fetch_add(1, Ordering::Relaxed);
-                    debug!("udp: datagram from {} dropped: {e}", session.client);
-                }
-            }
-        }
-    }
-
-    /// End a session that may still be in the table.
-    fn end(&mut self, token: usize, why: End) {
-        let client = self.session(token).map(|s| s.client);
-        if let Some(client) = client {
-            if self.table.peek(&client) == Some(&token) {
-                self.table.remove(&client);
-            }
-        }
-        self.finish(token, why);
-    }
-
-    /// End a session already out of the table: release its connection slot and close its
-    /// socket (which also takes it out of the epoll set).
-    fn finish(&mut self, token: usize, why: End) {
-        let Some(session) = self.slots.get_mut(token).and_then(Option::take) else {
-            return; // ended already
-        };
-        self.free.push(token);
-        if !session.released {
-            self.shared.with(|b| b.closed(session.conn));
-        }
-        STATS.live.fetch_sub(1, Ordering::Relaxed);
-        match why {
-            End::Idle => STATS.expired.fetch_add(1, Ordering::Relaxed),
-            End::Recycled => STATS.recycled.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
-        debug!("udp: session {} ended ({why:?})", session.client);
-    }
-
     /// End the sessions idle for `idle`.
     fn sweep(&mut self, now: Instant, idle: Duration) {
         let slots = &self.slots;
@@ -584,5 +397,7 @@ impl Plane {
         while let Some((_, token)) = self.table.pop_lru() {
             self.finish(token, End::Shutdown);
         }
+        let tokens = self.spares.clear();
+        self.free.extend(tokens);
     }
 }

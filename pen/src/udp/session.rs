@@ -20,6 +20,8 @@ pub struct Placed {
     pub backend: SocketAddr,
     pub socket: UdpSocket,
     pub counters: Arc<ConnCounters>,
+    /// A kept socket (`spares`) is already registered with epoll, under this token.
+    pub token: Option<usize>,
 }
 
 pub struct Session {

@@ -252,6 +252,34 @@ pub fn connect_upstream(server: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// At most this many datagrams are read off a socket being freed for reuse; what is queued on
+/// it cannot grow once it is disconnected, so only a broken socket reaches this.
+const DRAIN_MAX: usize = 4096;
+
+/// Free a session's socket for another session: dissolve its association with the server, so
+/// that the kernel releases its port (a late reply to that port then finds no socket, exactly as
+/// if this one had been closed, and the next `connect` picks a new port), then read and drop
+/// whatever had already arrived, and any error an ICMP message left on it. Returns how many
+/// datagrams were dropped. An error means the socket must not be reused; close it instead.
+pub fn disconnect(socket: &UdpSocket) -> io::Result<u64> {
+    rustix::net::connect_unspec(socket)?;
+    let mut dropped = 0;
+    // A one-byte buffer still takes a whole datagram off the queue.
+    let mut buf = [0u8; 1];
+    for _ in 0..DRAIN_MAX {
+        match socket.recv(&mut buf) {
+            Ok(_) => dropped += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(dropped),
+            // A pending error is reported once, then cleared.
+            Err(e) if is_server_failure(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "datagrams kept arriving after disconnecting",
+    ))
+}
+
 /// Errors on a connected upstream socket that mean the server is not there: an ICMP port or
 /// host unreachable came back. They blacklist the server and move its sessions.
 pub fn is_server_failure(e: &io::Error) -> bool {

@@ -17,7 +17,8 @@ pub struct Stats {
     pub to_servers: AtomicU64,
     pub from_servers: AtomicU64,
     pub to_clients: AtomicU64,
-    /// Datagrams not delivered: no server, or a socket that could not take them.
+    /// Datagrams not delivered: no server, a socket that could not take them, or replies that
+    /// were still waiting on a session's socket when the session ended.
     pub dropped: AtomicU64,
     /// Sessions open now.
     pub live: AtomicU64,

@@ -340,7 +340,7 @@ pub fn fd_count(pid: u32) -> usize {
 }
 
 /// Socket inodes the process holds open.
-fn socket_inodes(pid: u32) -> Vec<u64> {
+pub fn socket_inodes(pid: u32) -> Vec<u64> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
