@@ -1,6 +1,8 @@
 //! Starting and stopping the daemon: detaching, descriptor limits, the runtime, the listener,
 //! the jail and the privilege drop, the pid file, signals.
 
+mod signals;
+
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +25,6 @@ use crate::logging::{self, Syslog};
 use crate::stats;
 use std::sync::mpsc;
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
@@ -32,6 +33,7 @@ use crate::net::BoundListener;
 use crate::proxy::{self, Limits, Shared};
 use crate::tls::Tls;
 use crate::udp::UdpPlane;
+use signals::{Event, Signals};
 use std::net::SocketAddr;
 
 /// How long open connections may take to finish after TERM or INT.
@@ -585,52 +587,4 @@ fn data_plane(
         }
         let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
     });
-}
-
-/// The signals pen handles, installed once at startup.
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-    usr1: Signal,
-    usr2: Signal,
-}
-
-impl Signals {
-    /// Must run inside the runtime that will wait for them.
-    fn install() -> anyhow::Result<Signals> {
-        let handle = |kind: SignalKind, name: &str| {
-            signal(kind).with_context(|| format!("can't handle {name}"))
-        };
-        Ok(Signals {
-            term: handle(SignalKind::terminate(), "SIGTERM")?,
-            int: handle(SignalKind::interrupt(), "SIGINT")?,
-            hup: handle(SignalKind::hangup(), "SIGHUP")?,
-            usr1: handle(SignalKind::user_defined1(), "SIGUSR1")?,
-            usr2: handle(SignalKind::user_defined2(), "SIGUSR2")?,
-        })
-    }
-
-    /// The next signal that asks for something.
-    async fn next(&mut self) -> Event {
-        tokio::select! {
-            _ = self.term.recv() => Event::Stop,
-            _ = self.int.recv() => Event::Stop,
-            _ = self.hup.recv() => Event::Reload,
-            _ = self.usr1.recv() => Event::Stats,
-            _ = self.usr2.recv() => Event::Abort,
-        }
-    }
-}
-
-/// What a signal asks for.
-enum Event {
-    /// TERM, INT: stop accepting, let connections finish, exit.
-    Stop,
-    /// HUP: re-read the config file.
-    Reload,
-    /// USR1: statistics.
-    Stats,
-    /// USR2: pen aborted; logged and ignored here.
-    Abort,
 }
