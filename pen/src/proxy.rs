@@ -233,7 +233,10 @@ async fn serve(
                 let from_client = |data: &[u8]| tap.chunk(data);
                 // `-H`: the client's requests pass through the rewriter (X-Forwarded-For and
                 // X-Forwarded-Proto); otherwise the relay compiles the rewriting out.
-                let relayed = async {
+                // Outside tokio's cooperative budget: the relay takes at most READS_PER_POLL
+                // reads per direction before it yields by itself, and the budget's bookkeeping
+                // on every read and write would only add to each request's cost.
+                let relayed = tokio::task::unconstrained(async {
                     if settings.http {
                         let proto = if client.is_tls() {
                             Proto::Https
@@ -254,8 +257,10 @@ async fn serve(
                         relay::relay(&mut client, &mut upstream, &counters, options, from_client)
                             .await
                     }
-                };
+                });
                 tokio::select! {
+                    // The relay first: `close N` is rare, and its branch needs no fairness.
+                    biased;
                     end = relayed => match end {
                         RelayEnd::Error(side, e) => {
                             debug!("connection {}: {side:?} error: {e}", conn.0)
