@@ -4,11 +4,15 @@
 //! obsolete, without effect), and one line in the usage text. An option added, removed or
 //! changed in the table fails here until the man page follows.
 
+// The shared reader of man pages; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../../tests/src/man.rs"]
+mod man;
+
 use pen::cli::{usage, Flag, Support, FLAGS};
 
 fn man_page() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/pen.1");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("can't read {path}: {e}"))
+    man::man_page("pen")
 }
 
 /// One `.TP` entry of the OPTIONS section: its tag line as written, and its body as plain text
@@ -16,27 +20,6 @@ fn man_page() -> String {
 struct Entry {
     tag: String,
     body: String,
-}
-
-fn plain(groff: &str) -> String {
-    let text = groff
-        .replace("\\-", "-")
-        .replace("\\fB", "")
-        .replace("\\fI", "")
-        .replace("\\fR", "")
-        .replace("\\(lq", "\"")
-        .replace("\\(rq", "\"")
-        .replace("\\&", "");
-    let words: Vec<&str> = text
-        .lines()
-        // Macro names (`.B`, `.BR`, ...) are markup; their arguments are text.
-        .map(|l| match l.strip_prefix('.') {
-            Some(rest) => rest.split_once(' ').map_or("", |(_, args)| args),
-            None => l,
-        })
-        .flat_map(str::split_whitespace)
-        .collect();
-    words.join(" ").replace('"', "").to_lowercase()
 }
 
 fn option_entries(man: &str) -> Vec<Entry> {
@@ -63,7 +46,7 @@ fn option_entries(man: &str) -> Vec<Entry> {
         }
         entries.push(Entry {
             tag,
-            body: plain(&body),
+            body: man::plain(&body).to_lowercase(),
         });
     }
     entries

@@ -4,6 +4,10 @@
 //! `snapshot`, and DIAGNOSTICS lists every message penctl can print.
 
 mod support;
+// The shared reader of man pages; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../../tests/src/man.rs"]
+mod man;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,45 +16,7 @@ use penctl::Error;
 use support::penctl;
 
 fn man_page() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/penctl.1");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("can't read {path}: {e}"))
-}
-
-/// Groff escapes removed, `\-` made `-`, quotes dropped, whitespace collapsed.
-fn plain(groff: &str) -> String {
-    let text = groff
-        .replace("\\-", "-")
-        .replace("\\fB", "")
-        .replace("\\fI", "")
-        .replace("\\fR", "")
-        .replace("\\fP", "")
-        .replace("\\(lq", "")
-        .replace("\\(rq", "")
-        .replace("\\&", "");
-    let words: Vec<&str> = text
-        .lines()
-        .map(|l| match l.strip_prefix('.') {
-            Some(rest) => rest.split_once(' ').map_or("", |(_, args)| args),
-            None => l,
-        })
-        .flat_map(str::split_whitespace)
-        .collect();
-    words.join(" ").replace('"', "")
-}
-
-/// The raw tag lines of the `.TP` entries of one section (`.SS` subsections included).
-fn tags(man: &str, section: &str) -> Vec<String> {
-    let mut tags = Vec::new();
-    let mut inside = false;
-    let mut lines = man.lines();
-    while let Some(line) = lines.next() {
-        if let Some(name) = line.strip_prefix(".SH ") {
-            inside = name.trim_matches('"') == section;
-        } else if inside && line.trim() == ".TP" {
-            tags.push(lines.next().unwrap_or_default().to_string());
-        }
-    }
-    tags
+    man::man_page("penctl")
 }
 
 /// The bold words of a tag: `\fBno acl\fR \fIL\fR` gives `["no acl"]`.
@@ -90,7 +56,7 @@ fn help_options() -> BTreeMap<String, bool> {
 #[test]
 fn the_options_section_and_help_list_the_same_options() {
     let mut documented = BTreeMap::new();
-    for tag in tags(&man_page(), "OPTIONS") {
+    for tag in man::tags(&man_page(), "OPTIONS") {
         for name in bold_parts(&tag) {
             documented.insert(name, tag.contains("\\fI"));
         }
@@ -109,7 +75,7 @@ fn the_usage_line_is_the_one_penctl_prints() {
     let usage = out.stdout_text();
     assert_eq!(usage, "usage: penctl host:port command\n");
     assert!(
-        plain(&man_page()).contains(usage.trim()),
+        man::plain(&man_page()).contains(usage.trim()),
         "man/penctl.1 lacks {usage:?}"
     );
 }
@@ -195,7 +161,7 @@ const COMMANDS: &[&str] = &[
 #[test]
 fn commands_has_an_entry_for_every_control_command_with_its_reply() {
     let man = man_page();
-    let tags = tags(&man, "COMMANDS");
+    let tags = man::tags(&man, "COMMANDS");
     // The commands an entry is about: the first bold words of each comma-separated form
     // (`\fBhash\fR, \fBno hash\fR`), not the keywords after them (`server N ... \fBacl\fR`).
     let named: Vec<String> = tags
@@ -218,7 +184,7 @@ fn commands_has_an_entry_for_every_control_command_with_its_reply() {
         .and_then(|s| s.split("\n.SH ").next())
         .expect("a COMMANDS section");
     for entry in section.split("\n.TP\n").skip(1) {
-        let entry = plain(entry);
+        let entry = man::plain(entry);
         assert!(entry.contains("Reply"), "no reply documented: {entry}");
     }
 }
@@ -274,9 +240,9 @@ fn diagnostics_lists_every_message() {
             | Error::BadSeconds { .. } => {}
         }
     }
-    let documented: Vec<String> = tags(&man_page(), "DIAGNOSTICS")
+    let documented: Vec<String> = man::tags(&man_page(), "DIAGNOSTICS")
         .iter()
-        .map(|t| plain(t))
+        .map(|t| man::plain(t))
         .collect();
     for e in &errors {
         let text = e.to_string().replace("7777", MARK);

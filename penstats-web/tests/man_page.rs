@@ -2,6 +2,10 @@
 //! the options of `penstats-web --help` (with and without arguments alike), PAGES lists every
 //! route, the metrics named are the metrics exposed, and the page has its sections.
 
+// The shared reader of man pages; not every helper is used here.
+#[allow(dead_code)]
+#[path = "../../tests/src/man.rs"]
+mod man;
 mod support;
 
 use std::collections::BTreeMap;
@@ -9,23 +13,7 @@ use std::collections::BTreeMap;
 use support::process::run;
 
 fn man_page() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../man/penstats-web.1");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("can't read {path}: {e}"))
-}
-
-/// The tag lines of the `.TP` entries of one section.
-fn tags(man: &str, section: &str) -> Vec<String> {
-    let mut tags = Vec::new();
-    let mut inside = false;
-    let mut lines = man.lines();
-    while let Some(line) = lines.next() {
-        if let Some(name) = line.strip_prefix(".SH ") {
-            inside = name.trim_matches('"') == section;
-        } else if inside && line.trim() == ".TP" {
-            tags.push(lines.next().unwrap_or_default().to_string());
-        }
-    }
-    tags
+    man::man_page("penstats-web")
 }
 
 /// The option names of a tag (`\fB\-\-pen\fR \fIADDRESS\fR`, `.BR \-h ", " \-\-help`) and
@@ -71,7 +59,7 @@ fn help_options() -> BTreeMap<String, bool> {
 #[test]
 fn the_options_section_and_help_list_the_same_options() {
     let mut documented = BTreeMap::new();
-    for tag in tags(&man_page(), "OPTIONS") {
+    for tag in man::tags(&man_page(), "OPTIONS") {
         let (names, takes_arg) = tag_options(&tag);
         for name in names {
             documented.insert(name, takes_arg);
@@ -90,7 +78,7 @@ fn the_options_section_and_help_list_the_same_options() {
 
 #[test]
 fn pages_lists_every_route() {
-    let pages = tags(&man_page(), "PAGES").join(" ");
+    let pages = man::tags(&man_page(), "PAGES").join(" ");
     for route in [
         "/",
         "/status.html",

@@ -22,6 +22,7 @@ use socket2::{Domain, Socket, Type};
 pub mod browser;
 pub mod http;
 pub mod logtools;
+pub mod man;
 pub mod penctl;
 pub mod penstats_web;
 pub mod weblogs;

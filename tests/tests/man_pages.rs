@@ -3,9 +3,9 @@
 //! section has no entry for an option the program does not have.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use pen_crosstests::logtools::{our_bin, run, WAIT};
+use pen_crosstests::man;
 
 /// Option letters in a usage text: lines like `  -x ...`.
 fn usage_options(usage: &str) -> BTreeSet<String> {
@@ -22,23 +22,15 @@ fn usage_options(usage: &str) -> BTreeSet<String> {
 
 /// Tags of the `.TP` entries of the OPTIONS section: `\fB\-x\fR ...` -> `-x`.
 fn man_options(man: &str) -> BTreeSet<String> {
-    let mut set = BTreeSet::new();
-    let mut in_options = false;
-    let mut lines = man.lines();
-    while let Some(line) = lines.next() {
-        if line.starts_with(".SH") {
-            in_options = line.trim() == ".SH OPTIONS";
-        } else if in_options && line.trim() == ".TP" {
-            let tag = lines.next().unwrap_or_default();
-            let name = tag
-                .strip_prefix("\\fB")
+    man::tags(man, "OPTIONS")
+        .iter()
+        .map(|tag| {
+            tag.strip_prefix("\\fB")
                 .and_then(|t| t.split("\\fR").next())
                 .unwrap_or_else(|| panic!("unexpected OPTIONS tag: {tag}"))
-                .replace("\\-", "-");
-            set.insert(name);
-        }
-    }
-    set
+                .replace("\\-", "-")
+        })
+        .collect()
 }
 
 #[test]
@@ -46,13 +38,8 @@ fn man_pages_list_the_options_of_the_usage_texts() {
     for tool in ["penlog", "penlogd", "mergelogs"] {
         let out = run(&our_bin(tool), &["--help"], b"", &[], WAIT);
         assert_eq!(out.code(), Some(0), "{tool} --help");
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../man")
-            .join(format!("{tool}.1"));
-        let man = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("can't read {}: {e}", path.display()));
         assert_eq!(
-            man_options(&man),
+            man_options(&man::man_page(tool)),
             usage_options(&out.stdout_text()),
             "{tool}: man page OPTIONS against --help"
         );
