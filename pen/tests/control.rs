@@ -545,12 +545,18 @@ fn snapshot_and_status_on_the_control_port() {
     let c = Controlled::start(&["-w", page.to_str().unwrap()], &[a.spec()]);
     assert_eq!(c.pen.ask_from(2), "a");
     let (_, held) = c.pen.hold_from(3);
-    let json = c.ctl("snapshot");
-    assert!(
-        json.ends_with('\n') && json.matches('\n').count() == 1,
-        "{json}"
-    );
-    let snap: pen::balancer::Snapshot = serde_json::from_str(json.trim()).expect("JSON snapshot");
+    // The first client has its answer, but pen may not have seen it close yet: wait (bounded)
+    // until only the held connection is left.
+    let (json, snap) = wait_until("one open connection", Duration::from_secs(5), || {
+        let json = c.ctl("snapshot");
+        assert!(
+            json.ends_with('\n') && json.matches('\n').count() == 1,
+            "{json}"
+        );
+        let snap: pen::balancer::Snapshot =
+            serde_json::from_str(json.trim()).expect("JSON snapshot");
+        (snap.conns.len() == 1).then_some((json, snap))
+    });
     assert_eq!(snap.servers.len(), 1);
     assert_eq!(snap.servers[0].port, a.port());
     assert_eq!(snap.servers[0].conns, 1, "{json}");
