@@ -8,40 +8,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use support::tls::{Ca, Client, Files};
+use support::tls::{Ca, Client, Files, Setup};
 use support::*;
-
-/// A CA, a server certificate for `localhost` and its files (`server.crt`, `server.key`).
-struct Setup {
-    ca: Ca,
-    files: Files,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let ca = Ca::new("pen test CA");
-        let files = Files::new();
-        files.leaf("server", &ca.server(&["localhost"]));
-        files.write("ca.pem", ca.pem());
-        Setup { ca, files }
-    }
-
-    fn cert(&self) -> String {
-        self.files.path("server.crt")
-    }
-
-    fn key(&self) -> String {
-        self.files.path("server.key")
-    }
-
-    /// pen with TLS on: `-E server.crt -K server.key EXTRA...`.
-    fn pen(&self, extra: &[&str], servers: &[String]) -> Pen {
-        let (cert, key) = (self.cert(), self.key());
-        let mut opts = vec!["-E", &cert, "-K", &key];
-        opts.extend_from_slice(extra);
-        Pen::start(&opts, servers)
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

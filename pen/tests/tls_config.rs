@@ -9,23 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pen::tls::{Tls, TlsOptions};
-use support::tls::{Ca, Client, Files, OneNameStore};
-
-/// A CA and a server certificate for `localhost` in `server.crt` and `server.key`.
-struct Setup {
-    ca: Ca,
-    files: Files,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let ca = Ca::new("pen test CA");
-        let files = Files::new();
-        files.leaf("server", &ca.server(&["localhost"]));
-        files.write("ca.pem", ca.pem());
-        Setup { ca, files }
-    }
-}
+use support::tls::{Ca, Client, Files, OneNameStore, Setup};
 
 /// `pen::tls::Tls` accepting on a real loopback socket; each handshaken client gets one line:
 /// `ok`. Stopped when dropped.

@@ -16,7 +16,7 @@ use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, WebPkiServerV
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 
-use super::{TempDir, IO_TIMEOUT};
+use super::{Pen, TempDir, IO_TIMEOUT};
 
 /// A certificate authority that signs server and client certificates.
 pub struct Ca {
@@ -348,5 +348,38 @@ impl Session {
     pub fn close(&mut self) {
         self.stream.conn.send_close_notify();
         let _ = self.stream.conn.complete_io(&mut self.stream.sock);
+    }
+}
+
+/// A CA, a server certificate for `localhost` and its files (`server.crt`, `server.key`,
+/// `ca.pem`).
+pub struct Setup {
+    pub ca: Ca,
+    pub files: Files,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let ca = Ca::new("pen test CA");
+        let files = Files::new();
+        files.leaf("server", &ca.server(&["localhost"]));
+        files.write("ca.pem", ca.pem());
+        Setup { ca, files }
+    }
+
+    pub fn cert(&self) -> String {
+        self.files.path("server.crt")
+    }
+
+    pub fn key(&self) -> String {
+        self.files.path("server.key")
+    }
+
+    /// pen with TLS on: `-E server.crt -K server.key EXTRA...`.
+    pub fn pen(&self, extra: &[&str], servers: &[String]) -> Pen {
+        let (cert, key) = (self.cert(), self.key());
+        let mut opts = vec!["-E", &cert, "-K", &key];
+        opts.extend_from_slice(extra);
+        Pen::start(&opts, servers)
     }
 }
