@@ -3,6 +3,8 @@
 //! status page against pen 0.34.1's (transcript 06), the text statistics (transcript 07), the
 //! cron-driven report of the README, and the debug-level traffic dumps.
 
+#[path = "../../tests/src/status_page.rs"]
+mod status_page;
 mod support;
 
 use std::fs;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
+use status_page::{structure, table_rows};
 use support::service::*;
 use support::*;
 
@@ -25,40 +28,6 @@ fn refresh(pen: &Pen, path: &Path) -> String {
     let before = inode(path);
     pen.signal("USR1");
     wait_replaced(path, before)
-}
-
-/// Every maximal run of digits replaced by `#`: what is left is the page's structure.
-fn structure(page: &str) -> String {
-    let mut out = String::with_capacity(page.len());
-    let mut in_digits = false;
-    for c in page.chars() {
-        if c.is_ascii_digit() {
-            if !in_digits {
-                out.push('#');
-            }
-            in_digits = true;
-        } else {
-            out.push(c);
-            in_digits = false;
-        }
-    }
-    out
-}
-
-/// The cells of each `<tr>` row of the table that follows `heading` (header row excluded).
-fn table_rows(page: &str, heading: &str) -> Vec<Vec<String>> {
-    let table = &page[page.find(heading).expect("heading")..];
-    let table = &table[..table.find("</table>").expect("end of table")];
-    table
-        .split("<tr>\n")
-        .skip(2)
-        .map(|row| {
-            row.lines()
-                .filter_map(|l| l.strip_prefix("<td>")?.strip_suffix("</td>"))
-                .map(String::from)
-                .collect()
-        })
-        .collect()
 }
 
 /// Refresh the page until pen itself says no connection is open (its sockets close a moment

@@ -25,6 +25,7 @@ pub mod logtools;
 pub mod man;
 pub mod penctl;
 pub mod penstats_web;
+pub mod status_page;
 pub mod weblogs;
 
 /// Placeholder in a pen command line for the listen address the harness picks.

@@ -5,38 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pen_crosstests::status_page::{structure, table_rows};
 use pen_crosstests::{c_pen, from_ip, hold, our_pen, Backend, Pen, LISTEN};
-
-/// Every maximal run of digits replaced by `#`: the page's structure.
-fn structure(page: &str) -> String {
-    let mut out = String::with_capacity(page.len());
-    let mut in_digits = false;
-    for c in page.chars() {
-        if !c.is_ascii_digit() {
-            out.push(c);
-        } else if !in_digits {
-            out.push('#');
-        }
-        in_digits = c.is_ascii_digit();
-    }
-    out
-}
-
-/// The value cells of each row of the table after `heading`.
-fn rows(page: &str, heading: &str) -> Vec<Vec<String>> {
-    let table = &page[page.find(heading).expect("heading")..];
-    let table = &table[..table.find("</table>").expect("end of table")];
-    table
-        .split("<tr>\n")
-        .skip(2)
-        .map(|row| {
-            row.lines()
-                .filter_map(|l| l.strip_prefix("<td>")?.strip_suffix("</td>"))
-                .map(String::from)
-                .collect()
-        })
-        .collect()
-}
 
 /// Three servers (the second with limits, weight and prio), clients from .1, .2 and .3 held
 /// open, then SIGUSR1: the page `bin` writes.
@@ -111,8 +81,8 @@ fn the_status_page_matches_c_pen_s_cell_by_cell() {
     };
     assert_eq!(connections(&ours), connections(&theirs));
     assert_eq!(
-        rows(&ours, "<table"),
-        rows(&theirs, "<table"),
+        table_rows(&ours, "<table"),
+        table_rows(&theirs, "<table"),
         "servers: ours\n{ours}\nC pen's:\n{theirs}"
     );
     let without = |mut rows: Vec<Vec<String>>, columns: &[usize]| {
@@ -124,13 +94,13 @@ fn the_status_page_matches_c_pen_s_cell_by_cell() {
         rows
     };
     assert_eq!(
-        without(rows(&ours, "<h2>Active clients</h2>"), &[2]),
-        without(rows(&theirs, "<h2>Active clients</h2>"), &[2]),
+        without(table_rows(&ours, "<h2>Active clients</h2>"), &[2]),
+        without(table_rows(&theirs, "<h2>Active clients</h2>"), &[2]),
         "clients, ages aside"
     );
     assert_eq!(
-        without(rows(&ours, "<h2>Active connections</h2>"), &[1, 2]),
-        without(rows(&theirs, "<h2>Active connections</h2>"), &[1, 2]),
+        without(table_rows(&ours, "<h2>Active connections</h2>"), &[1, 2]),
+        without(table_rows(&theirs, "<h2>Active connections</h2>"), &[1, 2]),
         "connections, descriptors aside"
     );
 }
