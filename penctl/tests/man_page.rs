@@ -32,25 +32,7 @@ fn bold_parts(tag: &str) -> Vec<String> {
 fn help_options() -> BTreeMap<String, bool> {
     let out = penctl(&["--help"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    let mut options = BTreeMap::new();
-    for line in out.stdout_text().lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if !words.first().is_some_and(|w| w.starts_with('-')) || !line.starts_with("  ") {
-            continue;
-        }
-        let names: Vec<&str> = words
-            .iter()
-            .take_while(|w| w.starts_with('-'))
-            .map(|w| w.trim_end_matches(','))
-            .collect();
-        let takes_arg = words
-            .get(names.len())
-            .is_some_and(|w| w.chars().all(|c| c.is_ascii_uppercase()));
-        for name in names {
-            options.insert(name.to_string(), takes_arg);
-        }
-    }
-    options
+    man::help_options(&out.stdout_text())
 }
 
 #[test]

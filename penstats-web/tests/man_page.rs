@@ -31,29 +31,11 @@ fn tag_options(tag: &str) -> (Vec<String>, bool) {
     (names, tag.contains("\\fI"))
 }
 
-/// Option name -> takes an argument, from `--help`.
+/// Option name -> takes an argument, from `penstats-web --help`.
 fn help_options() -> BTreeMap<String, bool> {
     let out = run(&["--help"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    let mut options = BTreeMap::new();
-    for line in out.stdout.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if !line.starts_with("  ") || !words.first().is_some_and(|w| w.starts_with('-')) {
-            continue;
-        }
-        let names: Vec<&str> = words
-            .iter()
-            .take_while(|w| w.starts_with('-'))
-            .map(|w| w.trim_end_matches(','))
-            .collect();
-        let takes_arg = words
-            .get(names.len())
-            .is_some_and(|w| w.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
-        for name in names {
-            options.insert(name.to_string(), takes_arg);
-        }
-    }
-    options
+    man::help_options(&out.stdout)
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Reading the workspace's man pages in tests: the page of a program, its text without groff
-//! markup, and the `.TP` tags of a section. One file for every crate's man-page test: the
+//! markup, the `.TP` tags of a section, and the options a `--help` text lists, to compare. One file for every crate's man-page test: the
 //! crates of `pen`, `penctl` and `penstats-web` include it with `#[path]` (they cannot depend on
 //! this crate, which depends on `pen`), and this crate exports it as `man`.
 
@@ -46,4 +46,29 @@ pub fn tags(man: &str, section: &str) -> Vec<String> {
         }
     }
     tags
+}
+
+/// The options of a `--help` text (lines `  -x, --long ARG  ...`): name -> takes an argument.
+/// An argument is a word of capitals after the names (`SECS`, `ADDRESS:PORT`); a description
+/// that starts with a capital is not one.
+pub fn help_options(help: &str) -> std::collections::BTreeMap<String, bool> {
+    let mut options = std::collections::BTreeMap::new();
+    for line in help.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with("  ") || !words.first().is_some_and(|w| w.starts_with('-')) {
+            continue;
+        }
+        let names: Vec<&str> = words
+            .iter()
+            .take_while(|w| w.starts_with('-'))
+            .map(|w| w.trim_end_matches(','))
+            .collect();
+        let takes_arg = words.get(names.len()).is_some_and(|w| {
+            w.chars().any(|c| c.is_ascii_uppercase()) && !w.chars().any(|c| c.is_lowercase())
+        });
+        for name in names {
+            options.insert(name.to_string(), takes_arg);
+        }
+    }
+    options
 }
