@@ -5,6 +5,8 @@
 //! `window` finds each line's client in the part of pen's log around its time.
 
 mod merge;
+#[cfg(test)]
+mod testdata;
 mod window;
 
 use std::fs::File;
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use pen::getopt::{self, Arg};
+use pen::tool::{self, Invocation};
 
 use crate::merge::{Rejected, WebLog};
 use crate::window::Window;
@@ -48,12 +51,6 @@ struct Options {
     logs: Vec<(String, String)>,
 }
 
-enum Invocation {
-    Run(Options),
-    Usage,
-    Version,
-}
-
 /// `SERVER:LOGFILE`, split at the first colon, or `[IPV6]:LOGFILE`.
 fn split_log_arg(arg: &str) -> anyhow::Result<(String, String)> {
     let (server, file) = match arg.strip_prefix('[') {
@@ -66,7 +63,7 @@ fn split_log_arg(arg: &str) -> anyhow::Result<(String, String)> {
     Ok((server.to_string(), file.to_string()))
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Invocation> {
+fn parse(args: &[String]) -> anyhow::Result<Invocation<Options>> {
     if args.is_empty() {
         return Ok(Invocation::Usage);
     }
@@ -116,23 +113,9 @@ fn parse(args: &[String]) -> anyhow::Result<Invocation> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match parse(&args) {
-        Ok(Invocation::Run(o)) => o,
-        Ok(Invocation::Usage) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!(
-                "mergelogs {} (compatible with pen 0.34.1)",
-                env!("CARGO_PKG_VERSION")
-            );
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("mergelogs: {e:#}\n\n{USAGE}");
-            return ExitCode::FAILURE;
-        }
+    let options = match tool::options("mergelogs", USAGE, parse(&args)) {
+        Ok(options) => options,
+        Err(status) => return status,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,16 +129,7 @@ pub fn merge<P: BufRead, R: BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PEN_LOG: &str = "\
-203.0.113.1 1700000000 10.0.0.1 GET /index.html HTTP/1.0
-203.0.113.2 1700000001 10.0.0.2 GET /index.html HTTP/1.0
-203.0.113.3 1700000005 10.0.0.1 GET /a.png HTTP/1.1
-203.0.113.4 1700000300 10.0.0.1 GET /index.html HTTP/1.0
-203.0.113.5 1700000900 10.0.0.2 GET /late HTTP/1.0
-bogus line
-203.0.113.6 1700002000 10.0.0.1 GET /far HTTP/1.0
-";
+    use crate::testdata::PEN_LOG;
 
     const ACCESS1: &str = r#"10.0.0.99 - - [14/Nov/2023:22:13:20 +0000] "GET /index.html HTTP/1.0" 200 100
 10.0.0.99 - - [14/Nov/2023:22:13:26 +0000] "GET /a.png HTTP/1.1" 200 5 "http://ref/" "UA/1.0"

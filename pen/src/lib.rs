@@ -37,4 +37,5 @@ pub mod run;
 pub mod safe_file;
 pub mod stats;
 pub mod tls;
+pub mod tool;
 pub mod udp;

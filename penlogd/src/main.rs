@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use pen::daemon;
 use pen::getopt::{self, Arg};
 use pen::logging::Syslog;
+use pen::tool::{self, Invocation};
 use tracing::{info, warn};
 
 use crate::matcher::Matcher;
@@ -56,14 +57,7 @@ struct Options {
     bind: Bind,
 }
 
-/// What the command line asks for.
-enum Invocation {
-    Run(Box<Options>),
-    Usage,
-    Version,
-}
-
-fn parse(args: &[String]) -> anyhow::Result<Invocation> {
+fn parse(args: &[String]) -> anyhow::Result<Invocation<Box<Options>>> {
     if args.is_empty() {
         return Ok(Invocation::Usage);
     }
@@ -139,23 +133,9 @@ fn parse_bind(v: &str) -> anyhow::Result<Bind> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match parse(&args) {
-        Ok(Invocation::Run(o)) => o,
-        Ok(Invocation::Usage) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Invocation::Version) => {
-            println!(
-                "penlogd {} (compatible with pen 0.34.1)",
-                env!("CARGO_PKG_VERSION")
-            );
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("penlogd: {e:#}\n{USAGE}");
-            return ExitCode::FAILURE;
-        }
+    let options = match tool::options("penlogd", USAGE, parse(&args)) {
+        Ok(options) => options,
+        Err(status) => return status,
     };
     match run(*options) {
         Ok(()) => ExitCode::SUCCESS,

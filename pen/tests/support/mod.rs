@@ -530,33 +530,8 @@ impl Pen {
                 }
                 Listen::Unix(path) => (path.display().to_string(), PenAddr::Unix(path.clone())),
             };
-            let stderr_path = dir.join(&format!("stderr.{attempt}"));
-            let stdout_path = dir.join(&format!("stdout.{attempt}"));
-            let mut cmd = match wrapper.split_first() {
-                Some((program, rest)) => {
-                    let mut c = Command::new(program);
-                    c.args(rest).arg(PEN);
-                    c
-                }
-                None => Command::new(PEN),
-            };
             let full_args = args(&listen_arg);
-            let child = cmd
-                .args(&full_args)
-                .stdin(Stdio::null())
-                .stdout(File::create(&stdout_path).expect("stdout file"))
-                .stderr(File::create(&stderr_path).expect("stderr file"))
-                .spawn()
-                .expect("spawn pen");
-            let mut pen = Pen {
-                child,
-                addr,
-                listen_arg,
-                stderr_path,
-                stdout_path,
-                exited: None,
-                _dir: None,
-            };
+            let mut pen = Pen::launch(&dir, attempt, wrapper, &full_args, addr, listen_arg);
             match pen.wait_listening() {
                 Ok(()) => {
                     pen._dir = Some(dir);
@@ -577,6 +552,44 @@ impl Pen {
             }
         }
         panic!("{last_err}");
+    }
+
+    /// Start `WRAPPER... pen ARGS...` (attempt number `attempt`: its stdout and stderr go to
+    /// files of that number in `dir`), without waiting for anything.
+    pub(crate) fn launch(
+        dir: &TempDir,
+        attempt: usize,
+        wrapper: &[&str],
+        args: &[String],
+        addr: PenAddr,
+        listen_arg: String,
+    ) -> Pen {
+        let stderr_path = dir.join(&format!("stderr.{attempt}"));
+        let stdout_path = dir.join(&format!("stdout.{attempt}"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(PEN);
+                c
+            }
+            None => Command::new(PEN),
+        };
+        let child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("stdout file"))
+            .stderr(File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn pen");
+        Pen {
+            child,
+            addr,
+            listen_arg,
+            stderr_path,
+            stdout_path,
+            exited: None,
+            _dir: None,
+        }
     }
 
     /// Wait until pen holds a listening socket on its address and handles SIGTERM and SIGINT

@@ -2,18 +2,15 @@
 //! UDP backends in threads, and clients bound to chosen sources.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use super::{
-    catches_signal, poll_until, socket_inodes, Pen, PenAddr, TempDir, PEN, SIGINT, SIGTERM,
-};
+use super::{catches_signal, poll_until, socket_inodes, Pen, PenAddr, TempDir, SIGINT, SIGTERM};
 
 /// How long a client waits for a reply before calling it lost.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -89,35 +86,21 @@ impl Pen {
                 SocketAddr::V4(a) => a.to_string(),
                 SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             };
-            let stderr_path = dir.join(&format!("stderr.{attempt}"));
-            let stdout_path = dir.join(&format!("stdout.{attempt}"));
-            let mut cmd = match wrapper.split_first() {
-                Some((program, rest)) => {
-                    let mut c = Command::new(program);
-                    c.args(rest).arg(PEN);
-                    c
-                }
-                None => Command::new(PEN),
-            };
-            let child = cmd
-                .args(["-f", "-U"])
-                .args(opts)
-                .arg(&listen_arg)
-                .args(servers)
-                .stdin(Stdio::null())
-                .stdout(File::create(&stdout_path).expect("stdout file"))
-                .stderr(File::create(&stderr_path).expect("stderr file"))
-                .spawn()
-                .expect("spawn pen");
-            let mut pen = Pen {
-                child,
-                addr: PenAddr::Tcp(addr),
+            let mut args: Vec<String> = ["-f", "-U"]
+                .iter()
+                .chain(opts)
+                .map(|s| s.to_string())
+                .collect();
+            args.push(listen_arg.clone());
+            args.extend(servers.iter().cloned());
+            let mut pen = Pen::launch(
+                &dir,
+                attempt,
+                wrapper,
+                &args,
+                PenAddr::Tcp(addr),
                 listen_arg,
-                stderr_path,
-                stdout_path,
-                exited: None,
-                _dir: None,
-            };
+            );
             let pid = pen.pid();
             let ready = poll_until(Duration::from_secs(5), || {
                 if let Ok(Some(status)) = pen.child.try_wait() {
