@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::addr::ListenAddr;
 use crate::control::{self, file, Action, Command, Context, ControlError, HostView, Origin};
-use crate::net::BoundListener;
+use crate::net::{BoundListener, ListenShape};
 use crate::proxy::Shared;
 use crate::reqlog::LogTarget;
 
@@ -26,7 +26,8 @@ pub struct Admin {
     /// The main listener; every data-plane thread follows it (`listen` replaces it, and
     /// shutting down sets None so that its last descriptor closes).
     listeners: watch::Sender<Option<Arc<BoundListener>>>,
-    backlog: u32,
+    /// How `listen` binds: `-q`, and one socket per data-plane thread.
+    listen_shape: ListenShape,
     /// `-x` connection slots, and how many permits the semaphore was given in all.
     slots: Arc<Semaphore>,
     permits: Mutex<usize>,
@@ -47,7 +48,7 @@ impl Admin {
         shared: Arc<Shared>,
         host: HostView,
         listeners: watch::Sender<Option<Arc<BoundListener>>>,
-        backlog: u32,
+        listen_shape: ListenShape,
         slots: Arc<Semaphore>,
         tls: Option<Arc<crate::tls::Tls>>,
         udp: bool,
@@ -57,7 +58,7 @@ impl Admin {
             shared,
             host: Mutex::new(host),
             listeners,
-            backlog,
+            listen_shape,
             slots,
             permits,
             exit: Notify::new(),
@@ -132,7 +133,7 @@ impl Admin {
         }
         // `listen`: bind first, so that a port in use changes nothing at all.
         if let Command::Listen(Some((_, addr))) = &cmd {
-            match BoundListener::bind(addr, self.backlog) {
+            match BoundListener::bind(addr, self.listen_shape) {
                 Ok(bound) => {
                     *self.prebound.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((addr.clone(), bound));
@@ -252,7 +253,7 @@ impl Admin {
                     .map(|(_, b)| b);
                 let bound = match prebound {
                     Some(b) => b,
-                    None => BoundListener::bind(&addr, self.backlog).map_err(|e| {
+                    None => BoundListener::bind(&addr, self.listen_shape).map_err(|e| {
                         // The old listener stays.
                         warn!("listen: {e}");
                         format!("listen: {e}\n")

@@ -97,9 +97,11 @@ static ACCEPT_FAILURE_LOG: RateLimit = RateLimit::new();
 static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
 
 /// Accept clients until the future is dropped. One connection's error never stops the loop;
-/// running out of descriptors pauses it instead of spinning; a full connection table (`-x`)
-/// leaves new clients waiting in the kernel's backlog. With `tls`, every client shakes hands
-/// before it is admitted.
+/// running out of descriptors pauses it instead of spinning. With a full connection table
+/// (`-x`), the client just accepted waits for a slot, and the next ones wait in the kernel's
+/// backlog. The slot is taken after the accept, not before: each thread has a listening socket
+/// of its own, and a slot held by a thread whose socket is quiet would leave a client queued on
+/// another thread's socket waiting. With `tls`, every client shakes hands before it is admitted.
 pub async fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
@@ -108,11 +110,11 @@ pub async fn accept_loop(
 ) {
     let mut accepted_in_a_row = 0;
     loop {
-        let Ok(permit) = limits.slots.clone().acquire_owned().await else {
-            return; // the semaphore was closed: shutting down
-        };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = limits.slots.clone().acquire_owned().await else {
+                    return; // the semaphore was closed: shutting down
+                };
                 tokio::spawn(serve(shared.clone(), stream, peer, permit, tls.clone()));
                 // `-m`: after this many accepts in a row, let the connections run first.
                 accepted_in_a_row += 1;
@@ -122,7 +124,6 @@ pub async fn accept_loop(
                 }
             }
             Err(e) if net::is_local_failure(&e) => {
-                drop(permit);
                 if ACCEPT_FAILURE_LOG.allow(Instant::now()) {
                     warn!("accept: {e}; pausing new connections until descriptors free up");
                 }

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
 use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
-use crate::net::BoundListener;
+use crate::net::{BoundListener, ListenShape};
 use crate::proxy::{self, Limits, Shared};
 use crate::tls::Tls;
 use crate::udp::UdpPlane;
@@ -179,6 +179,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let control_listener = bind_control(&options)?;
     // `-U`: the UDP plane (its own thread) instead of the TCP listener and data-plane threads;
     // the control plane, signals and the process steps are the same.
+    let threads = if options.udp { 0 } else { data_threads() };
+    let listen_shape = ListenShape {
+        backlog: options.backlog,
+        shards: threads,
+    };
     let (bound, udp) = if options.udp {
         let ListenAddr::Tcp(addr) = &listen else {
             anyhow::bail!("-U: UDP needs an IP listen address");
@@ -187,7 +192,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         (None, Some(plane))
     } else {
         (
-            Some(Arc::new(BoundListener::bind(&listen, options.backlog)?)),
+            Some(Arc::new(BoundListener::bind(&listen, listen_shape)?)),
             None,
         )
     };
@@ -196,7 +201,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         shared.clone(),
         host,
         listeners_tx,
-        options.backlog,
+        listen_shape,
         slots.clone(),
         tls.clone(),
         udp.is_some(),
@@ -225,7 +230,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     if let Some(plane) = udp.as_mut() {
         plane.go();
     }
-    let threads = if udp.is_some() { 0 } else { data_threads() };
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
@@ -239,7 +243,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let tls = tls.clone();
         let worker = std::thread::Builder::new()
             .name(format!("pen-data-{i}"))
-            .spawn(move || data_plane(listeners, shared, limits, tls, phase, ready))
+            .spawn(move || data_plane(i, listeners, shared, limits, tls, phase, ready))
             .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
@@ -520,10 +524,12 @@ fn build_balancer(
     Ok((balancer, actions))
 }
 
-/// One data-plane thread: accept and serve until told to drain, then keep serving the open
-/// connections until told to exit (dropping the runtime closes whatever is left). The thread
-/// follows `listeners`: when `listen` replaces the listener, it accepts on the new one.
+/// Data-plane thread `index`: accept on its own socket of the listener and serve until told to
+/// drain, then keep serving the open connections until told to exit (dropping the runtime
+/// closes whatever is left). The thread follows `listeners`: when `listen` replaces the
+/// listener, it accepts on the new one.
 fn data_plane(
+    index: usize,
     mut listeners: watch::Receiver<Option<Arc<BoundListener>>>,
     shared: Arc<Shared>,
     limits: Limits,
@@ -543,7 +549,7 @@ fn data_plane(
     };
     runtime.block_on(async move {
         let register = |bound: &Option<Arc<BoundListener>>| match bound {
-            Some(b) => b.try_clone().and_then(BoundListener::register).map(Some),
+            Some(b) => b.for_thread(index).and_then(BoundListener::register).map(Some),
             None => Ok(None),
         };
         let first = register(&listeners.borrow_and_update())

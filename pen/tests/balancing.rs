@@ -378,7 +378,7 @@ fn connection_limit_x_queues_clients_without_spinning() {
     let pen = Pen::start(&["-x", "2"], &[a.spec()]);
     let (_, first) = pen.hold_from(2);
     let (_, second) = pen.hold_from(3);
-    // The third is accepted by the kernel but not by pen.
+    // The third waits: in the kernel's backlog, or accepted by a thread that waits for a slot.
     let mut third = Stream::Tcp(pen.connect_from(4));
     third.write_all_ignoring(b"?");
     assert!(
@@ -396,6 +396,30 @@ fn connection_limit_x_queues_clients_without_spinning() {
         "A"
     );
     drop((second, third));
+    pen.finish();
+}
+
+#[test]
+fn connection_limit_x_holds_whichever_thread_accepts() {
+    // Four threads, each with a listening socket of its own, and four slots: every slot serves
+    // a client, whichever socket the kernel queued it on (no idle thread keeps a slot to itself).
+    let a = Backend::named("A");
+    let pen = Pen::spawn(Listen::V4, &["env", "PEN_THREADS=4"], |l| {
+        vec!["-f".into(), "-x".into(), "4".into(), l.into(), a.spec()]
+    });
+    let held: Vec<_> = (2..6).map(|n| pen.hold_from(n).1).collect();
+    let mut fifth = Stream::Tcp(pen.connect_from(6));
+    fifth.write_all_ignoring(b"?");
+    assert!(
+        stays_silent(&mut fifth, Duration::from_millis(500)),
+        "a fifth connection was served with -x 4"
+    );
+    drop(held);
+    assert_eq!(
+        read_line(&mut fifth).expect("served after the slots freed"),
+        "A"
+    );
+    drop(fifth);
     pen.finish();
 }
 

@@ -216,6 +216,49 @@ fn a_listen_port_in_use_exits_1() {
     first.finish();
 }
 
+/// Pen's listening sockets on IPv4 TCP `port` (its own descriptors, in LISTEN state).
+fn listening_sockets(pid: u32, port: u16) -> usize {
+    let mine = socket_inodes(pid);
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&local) && f[3] == "0A")
+        .filter(|f| f[9].parse().is_ok_and(|inode: u64| mine.contains(&inode)))
+        .count()
+}
+
+#[test]
+fn each_data_thread_accepts_on_a_socket_of_its_own_and_a_second_pen_still_fails() {
+    let a = Backend::named("A");
+    let pen = Pen::spawn(Listen::V4, &["env", "PEN_THREADS=3"], |l| {
+        vec!["-f".to_string(), l.to_string(), a.spec()]
+    });
+    assert_eq!(listening_sockets(pen.pid(), pen.port()), 3);
+    // The kernel spreads new connections over the three sockets by their addresses; each is
+    // served, so every thread accepts from its own.
+    for i in 0..60u8 {
+        assert_eq!(pen.ask_from(2 + i % 30), "A");
+    }
+    // A second pen on the address fails, whether it would listen with one socket or a group
+    // of its own: it never joins the first one's group.
+    let l = pen.listen_arg.clone();
+    for threads in ["1", "3"] {
+        let out = run_pen_with(
+            &[("PEN_THREADS", threads)],
+            &["-f", &l, "127.0.0.1:9"],
+            RUN_TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("in use"), "{out:?}");
+    }
+    assert_eq!(listening_sockets(pen.pid(), pen.port()), 3);
+    assert_eq!(pen.ask_from(2), "A");
+    pen.finish();
+}
+
 /// Regression: pen at commit 1a3e95c printed the OS error twice (`pen: can't bind
 /// 127.0.0.1:P: Address already in use (os error 98): Address already in use (os error 98)`).
 #[test]

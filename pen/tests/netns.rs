@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use pen::addr::{self, ListenAddr};
 use pen::balancer::{Balancer, Server, ServerId, Settings, Target};
 use pen::dsr::{Dsr, DsrConfig, DsrStats};
-use pen::net::BoundListener;
+use pen::net::{BoundListener, ListenShape};
 use pen::proxy::{self, Limits, Shared};
 use support::netns::{veth, Netns, NsTask};
 use support::{Listen, Pen, TempDir};
@@ -124,7 +124,11 @@ fn pen_in(
         for (i, spec) in specs.iter().enumerate() {
             balancer.replace_server(ServerId(i), Server::from_spec(spec));
         }
-        let bound = BoundListener::bind(&ListenAddr::Tcp(listen), 64).expect("bind pen");
+        let shape = ListenShape {
+            backlog: 64,
+            shards: 1,
+        };
+        let bound = BoundListener::bind(&ListenAddr::Tcp(listen), shape).expect("bind pen");
         tx.send(bound.local_addr().unwrap()).unwrap();
         let limits = Limits {
             slots: Arc::new(tokio::sync::Semaphore::new(64)),

@@ -464,9 +464,15 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Run pen with `args` to completion (it is expected to exit by itself) within `timeout`;
 /// killed and reported as a panic if it does not.
 pub fn run_pen(args: &[&str], timeout: Duration) -> Output {
+    run_pen_with(&[], args, timeout)
+}
+
+/// `run_pen`, with these variables added to pen's environment.
+pub fn run_pen_with(env: &[(&str, &str)], args: &[&str], timeout: Duration) -> Output {
     let dir = TempDir::new("run");
     let (out, err) = (dir.join("stdout"), dir.join("stderr"));
     let mut child = Command::new(PEN)
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(File::create(&out).expect("stdout file"))
