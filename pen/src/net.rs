@@ -235,6 +235,13 @@ impl BoundListener {
 
 /// One listening TCP socket: non-blocking, SO_REUSEADDR, and SO_REUSEPORT if `group`.
 fn tcp_listener(sa: SocketAddr, backlog: i32, group: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bound_tcp_socket(sa, group)?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// A TCP socket bound to `sa`, not listening yet.
+fn bound_tcp_socket(sa: SocketAddr, group: bool) -> io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(sa),
         socket2::Type::STREAM,
@@ -249,15 +256,14 @@ fn tcp_listener(sa: SocketAddr, backlog: i32, group: bool) -> io::Result<std::ne
     }
     socket.set_nonblocking(true)?;
     socket.bind(&sa.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// `shards` sockets in one SO_REUSEPORT group on `sa`. First a plain socket (no SO_REUSEPORT)
 /// binds the address: that fails if anything listens there, a group included, so pen never
-/// joins another program's group. It is closed, and the group binds the port it proved free
-/// (with port 0, the port the kernel picked; if another socket takes that port in between, a
-/// new one is picked).
+/// joins another program's group. The check never listens, so no client can be queued on it;
+/// it is closed, and the group binds the port it proved free (with port 0, the port the kernel
+/// picked; if another socket takes that port in between, a new one is picked).
 fn bind_shards(
     sa: SocketAddr,
     backlog: i32,
@@ -265,8 +271,11 @@ fn bind_shards(
 ) -> io::Result<Vec<std::net::TcpListener>> {
     let mut tries = 0;
     loop {
-        let probe = tcp_listener(sa, backlog, false)?;
-        let free = probe.local_addr()?;
+        let probe = bound_tcp_socket(sa, false)?;
+        let free = probe
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("the address check gave no IP address"))?;
         drop(probe);
         let group: io::Result<Vec<_>> = (0..shards)
             .map(|_| tcp_listener(free, backlog, true))
