@@ -349,6 +349,47 @@ fn every_datagram_is_counted_both_ways() {
 }
 
 #[test]
+fn replies_that_arrive_together_each_reach_their_own_client_and_are_counted() {
+    // pen sends the replies it finds waiting in one turn together (sendmmsg, 16 at a time):
+    // 50 sessions' replies arrive at once, of 50 different sizes, and each must reach the
+    // client that asked, whole, and be counted once.
+    const CLIENTS: usize = 50;
+    let a = UdpBackend::new("A", Answer::Burst(CLIENTS));
+    let pen = Pen::start_udp(&["-d"], &[a.spec()]);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| udp_client_from(100 + (i % 5) as u8))
+        .collect();
+    let payload = |i: usize| -> Vec<u8> {
+        let mut p = format!("client{i}:").into_bytes();
+        p.extend((0..i * 11).map(|k| (k * 7 + i) as u8));
+        p
+    };
+    for (i, c) in clients.iter().enumerate() {
+        c.send_to(&payload(i), pen.udp()).unwrap();
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let (got, from) = udp_reply(c).unwrap_or_else(|e| {
+            panic!(
+                "client {i}: {e}; the backend had {} datagrams",
+                a.received.load(std::sync::atomic::Ordering::SeqCst)
+            )
+        });
+        assert_eq!(from, pen.udp());
+        assert!(
+            got == [&b"A:"[..], &payload(i)].concat(),
+            "client {i} got {} bytes: {:?}",
+            got.len(),
+            text(&got[..got.len().min(20)])
+        );
+    }
+    let counts = final_counts(pen);
+    let want = format!(
+        "{CLIENTS} from clients, {CLIENTS} to servers, {CLIENTS} from servers, {CLIENTS} to clients, 0 dropped"
+    );
+    assert!(counts.contains(&want), "{counts}");
+}
+
+#[test]
 fn a_flood_of_source_ports_cannot_exhaust_descriptors() {
     // D10: far more source ports than pen has descriptors for.
     assert!(

@@ -4,8 +4,9 @@
 //!
 //! Shape: one thread running one level-triggered epoll loop, as C pen does, rather than a
 //! tokio runtime: a UDP relay has no streams to drive, and a plain loop does each request with
-//! the four system calls it needs (receive from the client, send to the server, receive the
-//! reply, send it back), hands an ended session's socket to the next session (`spares`: a
+//! at most the four system calls it needs (receive from the client, send to the server,
+//! receive the reply, send it back; client datagrams are received and, on a listener bound to
+//! one address, replies sent up to 16 per call), hands an ended session's socket to the next session (`spares`: a
 //! disconnect and a connect instead of a close, a new socket and an epoll registration), and
 //! keeps no task per session. The listening socket receives every client datagram (`recvmmsg`, 16 at a
 //! time); the session table (client address and port -> session) finds or opens the session;
@@ -48,10 +49,10 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{debug, info, warn};
 
-use crate::balancer::Target;
+use crate::balancer::{ConnCounters, Target};
 use crate::proxy::{RateLimit, Shared};
 use session::Session;
-use socket::{Batch, Downstream, LocalDst, BATCH};
+use socket::{Batch, Downstream, LocalDst, Outbox, BATCH};
 use spares::Spares;
 use table::SessionTable;
 
@@ -118,7 +119,6 @@ impl UdpPlane {
             free: Vec::new(),
             spares: Spares::default(),
             refusals: HashMap::new(),
-            reply: vec![0; 65_536].into_boxed_slice(),
         };
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -195,6 +195,9 @@ enum End {
     Shutdown,
 }
 
+/// Replies waiting for the end of the turn, each with its session's counters.
+type Replies = Outbox<Arc<ConnCounters>>;
+
 /// The UDP thread's state.
 struct Plane {
     shared: Arc<Shared>,
@@ -211,14 +214,15 @@ struct Plane {
     /// latest refusal is moved on its next datagram, so one ICMP error moves every session of
     /// a dead server, not just the one that heard it.
     refusals: HashMap<Target, u64>,
-    /// Where replies are read into.
-    reply: Box<[u8]>,
 }
 
 impl Plane {
     fn run(mut self) {
         let mut events = vec![EpollEvent::empty(); 256];
         let mut batch = Batch::new();
+        // Replies read in a turn, sent to their clients together at its end. (Made here, as
+        // `batch`: their system-call headers hold pointers, so they stay on this thread.)
+        let mut outbox = Outbox::new();
         let mut next_sweep = Instant::now();
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
@@ -240,9 +244,10 @@ impl Plane {
                         return;
                     }
                     LISTENER => self.relay_from_clients(&mut batch, now),
-                    token => self.relay_reply(token as usize, now),
+                    token => self.relay_reply(token as usize, &mut outbox, now),
                 }
             }
+            self.send_replies(&mut outbox);
             if now >= next_sweep {
                 let idle = self.idle_timeout();
                 self.sweep(now, idle);
@@ -324,31 +329,21 @@ impl Plane {
         }
     }
 
-    /// A session's socket is readable (or has an error): relay one reply. Level-triggered, so
-    /// another waiting reply brings the socket back in the next turn, and no call is spent
-    /// finding the socket empty.
-    fn relay_reply(&mut self, token: usize, now: Instant) {
-        // Disjoint fields: the session, the reply buffer and the listener.
+    /// A session's socket is readable (or has an error): take one reply, for the end of the
+    /// turn. Level-triggered, so another waiting reply brings the socket back in the next
+    /// turn, and no call is spent finding the socket empty.
+    fn relay_reply(&mut self, token: usize, outbox: &mut Replies, now: Instant) {
         let Some(Some(session)) = self.slots.get_mut(token) else {
             return; // ended earlier in this turn
         };
-        match session.socket.recv(&mut self.reply) {
+        match session.socket.recv(outbox.slot()) {
             Ok(n) => {
                 STATS.from_servers.fetch_add(1, Ordering::Relaxed);
                 session.last_activity = now;
                 session.answered();
-                match self
-                    .down
-                    .send_to(&self.reply[..n], session.client, session.local)
-                {
-                    Ok(n) => {
-                        session.counters.add_to_client(n);
-                        STATS.to_clients.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        STATS.dropped.fetch_add(1, Ordering::Relaxed);
-                        debug!("udp: reply to {} dropped: {e}", session.client);
-                    }
+                outbox.push(n, session.client, session.local, session.counters.clone());
+                if outbox.is_full() {
+                    self.send_replies(outbox);
                 }
             }
             // An event for a socket that has since been replaced or drained.
@@ -356,6 +351,20 @@ impl Plane {
             Err(e) if is_server_failure(&e) => self.fail_over(token, &e, now),
             Err(e) => debug!("udp: session {}: {e}", session.client),
         }
+    }
+
+    /// Send the replies taken so far to their clients, and count them.
+    fn send_replies(&self, outbox: &mut Replies) {
+        outbox.send(&self.down, |counters, outcome| match outcome {
+            Ok(n) => {
+                counters.add_to_client(n);
+                STATS.to_clients.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                STATS.dropped.fetch_add(1, Ordering::Relaxed);
+                debug!("udp: a reply was dropped: {e}");
+            }
+        });
     }
 
     fn session(&mut self, token: usize) -> Option<&mut Session> {

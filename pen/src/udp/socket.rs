@@ -12,8 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::libc;
 use nix::sys::socket::{
-    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage,
+    recvmmsg, sendmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned,
+    MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrStorage,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -157,6 +157,96 @@ impl Downstream {
             (false, to, _) => return self.socket.send_to(buf, to),
         };
         sent.map_err(io::Error::from)
+    }
+}
+
+/// Replies gathered during one turn of the loop, for their clients: on a listener bound to one
+/// address they leave together, with one `sendmmsg` per `BATCH`, instead of one `sendto` each
+/// (a turn typically finds many sessions' replies waiting). A wildcard listener names each
+/// reply's source address in its own control message, which `sendmmsg` cannot vary per
+/// message, so there each reply is sent by itself. Nothing waits here beyond the turn.
+pub struct Outbox<T> {
+    bufs: Box<[u8]>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Length, client, source address and the caller's tag of each reply held.
+    meta: Vec<(usize, SocketAddr, Option<LocalDst>, T)>,
+}
+
+impl<T> Outbox<T> {
+    pub fn new() -> Self {
+        Outbox {
+            bufs: vec![0; BATCH * SLOT].into_boxed_slice(),
+            headers: MultiHeaders::preallocate(BATCH, None),
+            meta: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Where the next reply is to be read; `push` keeps it. Full after `BATCH` replies: `send`
+    /// first.
+    pub fn slot(&mut self) -> &mut [u8] {
+        let i = self.meta.len();
+        &mut self.bufs[i * SLOT..(i + 1) * SLOT]
+    }
+
+    /// Keep the `len` bytes just read into `slot`, for `to`.
+    pub fn push(&mut self, len: usize, to: SocketAddr, local: Option<LocalDst>, tag: T) {
+        debug_assert!(!self.is_full() && len <= SLOT);
+        self.meta.push((len, to, local, tag));
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.meta.len() == BATCH
+    }
+
+    /// Send every reply held through `down`, then tell `sent` how each went (bytes sent or the
+    /// error), in order. A reply the socket could not take is dropped, as `send_to` says.
+    pub fn send(&mut self, down: &Downstream, mut sent: impl FnMut(T, io::Result<usize>)) {
+        let mut done = 0;
+        if !down.pktinfo {
+            done = self.send_batch(down.socket.as_raw_fd());
+        }
+        // Past the batch: a wildcard listener's replies, or the rest after a reply the kernel
+        // refused (`sendmmsg` stops at the first error without saying which; sending it alone
+        // finds the error, and the ones after it still go).
+        let mut meta = std::mem::take(&mut self.meta);
+        for (i, (len, to, local, tag)) in meta.drain(..).enumerate() {
+            let outcome = if i < done {
+                Ok(len)
+            } else {
+                down.send_to(&self.bufs[i * SLOT..i * SLOT + len], to, local)
+            };
+            sent(tag, outcome);
+        }
+        self.meta = meta;
+    }
+
+    /// `sendmmsg` the replies held; how many the kernel took from the front (0 on an error).
+    fn send_batch(&mut self, fd: RawFd) -> usize {
+        if self.meta.len() < 2 {
+            return 0; // one reply: plain sendto is the cheaper call
+        }
+        let iovs: Vec<[IoSlice<'_>; 1]> = self
+            .meta
+            .iter()
+            .enumerate()
+            .map(|(i, (len, ..))| [IoSlice::new(&self.bufs[i * SLOT..i * SLOT + len])])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = self
+            .meta
+            .iter()
+            .map(|(_, to, ..)| Some(SockaddrStorage::from(*to)))
+            .collect();
+        let none: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(fd, &mut self.headers, &iovs, addrs, none, MsgFlags::empty()) {
+            Ok(results) => results.count(),
+            Err(_) => 0,
+        }
+    }
+}
+
+impl<T> Default for Outbox<T> {
+    fn default() -> Self {
+        Outbox::new()
     }
 }
 

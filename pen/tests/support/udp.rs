@@ -193,6 +193,9 @@ pub enum Answer {
     After(Duration),
     /// The whole payload back, unchanged.
     Mirror,
+    /// `Echo`, but held until this many datagrams have come, then all sent back to back (so
+    /// that pen finds many sessions' replies waiting at once).
+    Burst(usize),
 }
 
 /// A UDP backend in a thread; stopped (bounded) on drop.
@@ -225,6 +228,7 @@ impl UdpBackend {
         let thread = thread::spawn(move || {
             let socket = Arc::new(socket);
             let mut buf = vec![0u8; 65_536];
+            let mut held: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
             while !stop2.load(Ordering::SeqCst) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
                     continue;
@@ -246,6 +250,14 @@ impl UdpBackend {
                     Answer::Times(k) => {
                         for _ in 0..k {
                             let _ = socket.send_to(&reply, from);
+                        }
+                    }
+                    Answer::Burst(k) => {
+                        held.push((reply, from));
+                        if held.len() >= k {
+                            for (reply, to) in held.drain(..) {
+                                let _ = socket.send_to(&reply, to);
+                            }
                         }
                     }
                     Answer::After(delay) => {
