@@ -5,11 +5,14 @@
 mod support;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::control::Controlled;
 use support::*;
 
 fn specs(backends: &[&Backend]) -> Vec<String> {
@@ -298,6 +301,70 @@ fn refused_server_is_blacklisted_then_used_again_after_dash_b() {
     pen.finish();
 }
 
+/// The client's tracking entry as `snapshot` shows it: pen's number of its last server.
+fn tracked_server(c: &Controlled, client: &str) -> Option<i64> {
+    snapshot(c)
+        .clients
+        .iter()
+        .find(|e| e.address == client)
+        .unwrap_or_else(|| panic!("{client} is not in the client table"))
+        .last_server
+}
+
+fn snapshot(c: &Controlled) -> pen::balancer::Snapshot {
+    serde_json::from_str(c.ctl("snapshot").trim()).expect("JSON snapshot")
+}
+
+/// Catalogue F19. C pen 0.34.1 with `-P` (its default epoll build resets the client instead,
+/// reference §13.2 B1) does exactly this: the server a client fails over to becomes its tracked
+/// server, and the client stays there when the dead server's blacklist ends and when the server
+/// comes back; new clients reach that server again through round robin.
+#[test]
+fn tracking_follows_failover_and_stays_after_the_server_returns() {
+    let b = Backend::named("B");
+    let a = Backend::named("A");
+    let c = Controlled::start(&["-b", "1"], &[b.spec(), a.spec()]);
+    assert_eq!(
+        c.pen.ask_from(7),
+        "A",
+        "round robin's first pick is server 1"
+    );
+    assert_eq!(tracked_server(&c, "127.0.0.7"), Some(1));
+
+    let dead = a.kill();
+    assert_eq!(c.pen.ask_from(7), "B", "A refused: failover to B");
+    assert_eq!(
+        tracked_server(&c, "127.0.0.7"),
+        Some(0),
+        "the entry follows failover"
+    );
+    // Every connection placed on A, refused ones included.
+    let tries_at_a = snapshot(&c).servers[1].connects;
+    assert_eq!(tries_at_a, 2);
+    assert_eq!(c.pen.ask_from(7), "B");
+
+    // A's blacklist ends while A is still down: the client goes straight to B, with no connect
+    // to A first (that would count, and blacklist A again).
+    wait_until("A's 1 s blacklist to end", Duration::from_secs(5), || {
+        (!snapshot(&c).servers[1].blacklisted).then_some(())
+    });
+    assert_eq!(c.pen.ask_from(7), "B");
+    let snap = snapshot(&c);
+    assert_eq!(snap.servers[1].connects, tries_at_a, "pen tried A again");
+    assert!(!snap.servers[1].blacklisted, "pen tried A again");
+
+    // A comes back: the client stays on B; a new client reaches A (the cursor is still on 1:
+    // 0, then 1).
+    let a = dead.revive("A");
+    assert_eq!(c.pen.ask_from(7), "B", "the client stays on B");
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(c.pen.ask_from(8), "B");
+    assert_eq!(c.pen.ask_from(9), "A", "A is back in the rotation");
+    assert_eq!(c.pen.ask_from(7), "B");
+    assert_eq!(tracked_server(&c, "127.0.0.7"), Some(0));
+    c.pen.finish();
+}
+
 #[test]
 fn failover_tries_each_server_once_then_closes_the_client() {
     let (d1, d2) = (Dead::new(), Dead::new());
@@ -347,8 +414,8 @@ fn stubborn_never_fails_over_nor_uses_the_emergency_server() {
         matches!(drain(&mut s), Ok(0) | Err(_)),
         "stubborn client was served"
     );
-    assert_eq!(e.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(e.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 0);
     drop(s);
     pen.finish();
 }
@@ -369,6 +436,42 @@ fn connect_timeout_fails_over_from_a_blackhole() {
     // Cursor still 1: 2, 0, then 1 is blacklisted (-b 30) and skipped.
     let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
     assert_eq!(got, ["B", "A", "B"]);
+    pen.finish();
+}
+
+/// Catalogue F3: `-t` bounds the connect to the server, not the connection after it. A client
+/// that stays silent for twice `-t` keeps its connection and is answered.
+#[test]
+fn connect_timeout_does_not_apply_after_connect() {
+    let echo = Backend::echo();
+    let pen = Pen::start(&["-t", "1"], &[echo.spec()]);
+    let mut s = Stream::Tcp(pen.connect_from(2));
+    wait_until(
+        "pen to connect to the server",
+        Duration::from_secs(5),
+        || (echo.accepted.load(Ordering::SeqCst) == 1).then_some(()),
+    );
+    // The silence is what is tested: it must outlast -t (which pen would enforce on a timer).
+    assert!(
+        stays_silent(&mut s, Duration::from_secs(2)),
+        "pen closed a connection silent for 2 s with -t 1; stderr:\n{}",
+        pen.stderr_text()
+    );
+    for round in ["after the silence", "and again"] {
+        s.write_all(round.as_bytes()).expect("send");
+        let mut got = vec![0u8; round.len()];
+        s.read_exact(&mut got).expect("the echo");
+        assert_eq!(got, round.as_bytes());
+    }
+    assert_eq!(
+        (
+            echo.accepted.load(Ordering::SeqCst),
+            echo.open_connections()
+        ),
+        (1, 1),
+        "the server connection was replaced or closed"
+    );
+    drop(s);
     pen.finish();
 }
 

@@ -1,12 +1,16 @@
 //! The data plane through the real binary: byte-exact transfers both ways at once, half-close in
-//! each direction, a server that speaks first, a server that resets mid-stream, and many
-//! concurrent connections.
+//! each direction, a server that speaks first, a server that resets mid-stream, many concurrent
+//! connections, and back-pressure: a peer that stops reading, or reads through a tiny window
+//! (reliability catalogue F8, F9, F10).
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -319,6 +323,260 @@ fn fastclose_up_closes_when_the_server_finishes() {
         .recv_timeout(std::time::Duration::from_secs(5))
         .expect("pen did not close the server connection under tcp_fastclose up");
     assert!(got.is_empty());
+    drop(client);
+    pen.finish();
+}
+
+// ---- back-pressure (F8, F9, F10) ----------------------------------------------------------------
+
+/// How long a peer does not read.
+const STALL: Duration = Duration::from_millis(1500);
+
+/// The stream a stalled peer is offered: larger than every kernel buffer on its path (see
+/// `kernel_capacity`), so that pen, not the kernel, would have to hold the rest.
+const STREAM: usize = 64 * MIB;
+
+/// Buffer size of the test's own sockets on the stalled path (the kernel doubles it), so that
+/// what the kernel may hold does not depend on autotuning at our end.
+const PINNED: usize = 256 * 1024;
+
+/// How much pen's resident memory may grow while a peer does not read. Pen keeps at most one
+/// 64 KiB read per direction, and each worker thread has a 64 KiB scratch buffer that may be
+/// touched for the first time; the rest is allocator slack. The kernel socket buffers, which
+/// hold megabytes here, are kernel memory and not in pen's RSS. A relay that went on reading
+/// would hold tens of MiB of the stream instead.
+const RSS_GROWTH_KIB: u64 = 8 * 1024;
+
+/// CPU pen may use during a stall: once the kernel buffers have filled (some MiB of copying,
+/// well under 0.1 s) it has nothing to do until the peer reads. A relay that polled a
+/// full socket instead of waiting for it to become writable would use the whole stall.
+const STALL_CPU: f64 = 0.2;
+
+/// The most stream bytes the kernel can hold on a stalled path besides pen: pen's two sockets
+/// autotune up to the system maximum (one receives, one sends), the test's two sockets are
+/// pinned at `PINNED` (doubled by the kernel), and 1 MiB covers pen's own 64 KiB and the
+/// kernel's per-packet overshoot. None if the sysctls cannot be read.
+fn kernel_capacity() -> Option<usize> {
+    let (rmem, wmem) = tcp_buffer_max()?;
+    Some(rmem + wmem + 2 * 2 * PINNED + MIB)
+}
+
+fn pinned_send() -> Tuning {
+    Tuning {
+        sndbuf: Some(PINNED),
+        ..Tuning::default()
+    }
+}
+
+fn pinned_receive() -> Tuning {
+    Tuning {
+        rcvbuf: Some(PINNED),
+        ..Tuning::default()
+    }
+}
+
+/// What pen did while a peer did not read for `STALL`.
+struct Stall {
+    /// Peak VmRSS growth over the value before the stream started, in KiB.
+    rss_growth_kib: u64,
+    /// CPU seconds pen used.
+    cpu: f64,
+    /// Bytes the sender had handed to its kernel when the stall ended.
+    sent: usize,
+}
+
+/// Watch pen for `STALL` (sampling its RSS every 20 ms, so at most about 75 samples), starting
+/// from `base_kib`; `sent` counts the sender's progress.
+fn watch_stall(pid: u32, base_kib: u64, sent: &AtomicUsize) -> Stall {
+    let mut peak = base_kib;
+    let cpu = cpu_during(pid, || {
+        let end = Instant::now() + STALL;
+        while Instant::now() < end {
+            peak = peak.max(rss_kib(pid));
+            thread::sleep(Duration::from_millis(20));
+        }
+        peak = peak.max(rss_kib(pid));
+    });
+    Stall {
+        rss_growth_kib: peak.saturating_sub(base_kib),
+        cpu,
+        sent: sent.load(Ordering::SeqCst),
+    }
+}
+
+/// Pen held back instead of buffering, and waited instead of spinning.
+#[track_caller]
+fn assert_back_pressure(stall: &Stall, base_kib: u64) {
+    eprintln!(
+        "stall: pen RSS {base_kib} KiB + {} KiB, CPU {:.3} s; sender got {} bytes out",
+        stall.rss_growth_kib, stall.cpu, stall.sent
+    );
+    assert!(base_kib > 0, "no VmRSS for pen");
+    assert!(
+        stall.rss_growth_kib <= RSS_GROWTH_KIB,
+        "pen's RSS grew by {} KiB (from {base_kib} KiB) while the peer did not read",
+        stall.rss_growth_kib
+    );
+    assert!(
+        stall.cpu < STALL_CPU,
+        "pen used {:.2} s of CPU in a {STALL:?} stall: it spins on a full socket",
+        stall.cpu
+    );
+    // The sender must have blocked: pen held no more than the kernel buffers allow. Only
+    // meaningful if those are smaller than the stream (with tcp_rmem's maximum at 32 MiB, they
+    // are about 38 MiB).
+    match kernel_capacity() {
+        Some(capacity) if capacity < STREAM => assert!(
+            stall.sent <= capacity,
+            "the sender got {} bytes out during the stall, more than the {capacity} the \
+             kernel buffers hold: pen buffered the rest",
+            stall.sent
+        ),
+        other => eprintln!(
+            "not checked that the sender blocked: kernel buffers of {other:?} bytes may hold \
+             the whole {STREAM}-byte stream"
+        ),
+    }
+}
+
+/// Write `data` in 64 KiB pieces, counting each piece once the kernel took it.
+fn write_counting(s: &mut impl Write, data: &[u8], sent: &AtomicUsize) -> std::io::Result<()> {
+    for piece in data.chunks(64 * 1024) {
+        s.write_all(piece)?;
+        sent.fetch_add(piece.len(), Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_client_that_does_not_read_holds_the_server_back() {
+    // F8: the server streams as fast as it can; the client reads nothing for 1.5 s, then
+    // everything.
+    let data = Arc::new(pattern(21, STREAM));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = channel::<std::io::Result<()>>();
+    let (data_for_backend, sent_for_backend) = (data.clone(), sent.clone());
+    let backend = Backend::tcp_tuned(pinned_send(), move |mut s| {
+        // Starts on the client's signal, so pen's memory can be measured before.
+        let mut go = [0u8; 1];
+        let result = s
+            .read_exact(&mut go)
+            .and_then(|()| write_counting(&mut s, &data_for_backend, &sent_for_backend))
+            .and_then(|()| s.shutdown(Shutdown::Write));
+        let _ = tx.lock().unwrap().send(result);
+    });
+    let pen = Pen::start(&[], &[backend.spec()]);
+    let mut client = connect_tuned(pen.tcp(), pinned_receive()).expect("connect");
+    wait_until("the backend connection", IO_TIMEOUT, || {
+        (backend.open_connections() == 1).then_some(())
+    });
+    let base = rss_kib(pen.pid());
+    client.write_all(b"g").unwrap();
+    let stall = watch_stall(pen.pid(), base, &sent);
+    // Now read at full speed.
+    let got = read_all(&mut client);
+    let result = rx.recv_timeout(IO_TIMEOUT).expect("backend result");
+    assert_back_pressure(&stall, base);
+    result.expect("the backend's stream");
+    assert_same_bytes("server -> stalled client", &got, &data);
+    drop(client);
+    pen.finish();
+}
+
+#[test]
+fn a_server_that_does_not_read_holds_the_client_back() {
+    // F9: the client uploads as fast as it can; the server reads nothing for 1.5 s, then
+    // everything.
+    let data = Arc::new(pattern(22, STREAM));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = channel::<Vec<u8>>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let backend = Backend::tcp_tuned(pinned_receive(), move |mut s| {
+        // Told to read by the test; a test that failed before drops the sender, which ends this.
+        if go_rx.lock().unwrap().recv_timeout(IO_TIMEOUT).is_ok() {
+            let got = read_all(&mut s);
+            let _ = tx.lock().unwrap().send(got);
+        }
+    });
+    let pen = Pen::start(&[], &[backend.spec()]);
+    let client = connect_tuned(pen.tcp(), pinned_send()).expect("connect");
+    wait_until("the backend connection", IO_TIMEOUT, || {
+        (backend.open_connections() == 1).then_some(())
+    });
+    let base = rss_kib(pen.pid());
+    let mut writer = client.try_clone().unwrap();
+    let (data_for_writer, sent_for_writer) = (data.clone(), sent.clone());
+    let w = thread::spawn(move || {
+        write_counting(&mut writer, &data_for_writer, &sent_for_writer)
+            .and_then(|()| writer.shutdown(Shutdown::Write))
+    });
+    let stall = watch_stall(pen.pid(), base, &sent);
+    go_tx.send(()).expect("backend waiting");
+    let got = rx.recv_timeout(IO_TIMEOUT).expect("backend result");
+    let upload = w.join().expect("writer thread");
+    assert_back_pressure(&stall, base);
+    upload.expect("upload");
+    assert_same_bytes("stalled server <- client", &got, &data);
+    drop(client);
+    pen.finish();
+}
+
+#[test]
+fn a_server_with_a_tiny_window_gets_every_byte_without_pen_spinning() {
+    // F10: the server's receive buffer is 4 KiB and it reads 1 KiB at a time with a pause after
+    // each read, so pen's writes stop short again and again and it must wait for the window to
+    // reopen. (The catalogue's 1 byte per ms would take half an hour for 2 MiB.) The server
+    // also announces an Ethernet-sized MSS: with loopback's, pen's send buffer autotunes to
+    // 4 MiB at once, takes the whole 2 MiB in one go and pen never waits at all.
+    const TINY: usize = 4096;
+    const SIZE: usize = 2 * MIB;
+    let data = pattern(23, SIZE);
+    let (tx, rx) = channel::<(Vec<u8>, Duration)>();
+    let backend = Backend::tcp_tuned(
+        Tuning {
+            rcvbuf: Some(TINY),
+            mss: Some(1460),
+            ..Tuning::default()
+        },
+        move |mut s| {
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(20);
+            let mut got = Vec::with_capacity(SIZE);
+            let mut buf = [0u8; 1024];
+            // Ends at EOF, on an error, or at the deadline; each read is at most 1 KiB and the
+            // total is bounded by what the client sends.
+            while Instant::now() < deadline {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+            let _ = tx.lock().unwrap().send((got, started.elapsed()));
+        },
+    );
+    let pen = Pen::start(&[], &[backend.spec()]);
+    let mut client = pen.connect();
+    let mut writer = client.try_clone().unwrap();
+    let data_for_writer = data.clone();
+    let w = thread::spawn(move || write_in_chunks(&mut writer, &data_for_writer, 24));
+    let mut received = None;
+    let cpu = cpu_during(pen.pid(), || {
+        received = rx.recv_timeout(Duration::from_secs(30)).ok();
+    });
+    let upload = w.join().expect("writer thread");
+    let (got, took) = received.expect("backend result");
+    upload.expect("upload");
+    eprintln!("tiny window: {SIZE} bytes in {took:?}, pen CPU {cpu:.3} s");
+    assert_same_bytes("client -> server through a tiny window", &got, &data);
+    // Waiting for writability costs a wake-up each time pen's send buffer drains by a third or
+    // so (tens of KiB); polling the full socket would cost the whole transfer time.
+    assert!(
+        cpu < took.as_secs_f64() / 10.0,
+        "pen used {cpu:.2} s of CPU to relay {SIZE} bytes into a {TINY}-byte window in {took:?}"
+    );
+    let _ = drain(&mut client);
     drop(client);
     pen.finish();
 }

@@ -403,3 +403,69 @@ fn no_servers_at_all_refuses() {
     assert_eq!(b.admit(peer(1), now), Admission::Refuse);
     assert_eq!(b.live_conns(), 0);
 }
+
+/// Catalogue F19, as C pen 0.34.1 does it (with `-P`; its default epoll build resets the client
+/// instead, reference §13.2 B1): the failover server becomes the client's tracked server, so the
+/// client is not sent back to the dead server once its blacklist ends, nor when it comes back.
+/// New clients reach it again through round robin.
+#[test]
+fn tracking_follows_failover_and_stays_after_the_server_returns() {
+    let t0 = Instant::now();
+    let settings = Settings {
+        blacklist_time: 2 * SEC,
+        ..Settings::default()
+    };
+    let mut b = balancer(2, settings);
+    let tracked = |b: &Balancer, p: Peer| {
+        b.clients()
+            .peek(&ClientKey::Ip(p.ip.unwrap()))
+            .and_then(|c| c.server)
+    };
+    let a = Target::Server(ServerId(1));
+    let other = Target::Server(ServerId(0));
+    assert_eq!(
+        short(&mut b, peer(7), t0),
+        Some(1),
+        "round robin's first pick"
+    );
+    assert_eq!(short(&mut b, peer(6), t0), Some(0));
+    assert_eq!(short(&mut b, peer(5), t0), Some(1));
+    assert_eq!(tracked(&b, peer(7)), Some(a));
+
+    // Server 1 dies: client 7 goes back to it, is refused, and fails over to server 0.
+    let t1 = t0 + SEC;
+    let first = b.admit(peer(7), t1);
+    assert_eq!(port_of(&first), Some(9001), "tracking sends it to server 1");
+    let next = b.connect_failed(conn_of(&first), t1);
+    assert_eq!(port_of(&next), Some(9000), "failover to server 0");
+    b.connected(conn_of(&next));
+    b.closed(conn_of(&next));
+    assert_eq!(
+        tracked(&b, peer(7)),
+        Some(other),
+        "the entry follows failover"
+    );
+    assert_eq!(b.servers()[1].connects, 3);
+
+    // Client 5, also on server 1, comes while it is blacklisted: placed on server 0 without a
+    // connect to server 1, and tracked there too.
+    assert_eq!(short(&mut b, peer(5), t1), Some(0));
+    assert_eq!(tracked(&b, peer(5)), Some(other));
+    assert_eq!(short(&mut b, peer(7), t1), Some(0));
+
+    // The blacklist has ended (server 1 may be up or not): the clients stay on server 0, and
+    // nothing is sent to server 1 on their behalf.
+    let t2 = t1 + 3 * SEC;
+    assert!(!b.servers()[1].is_blacklisted(t2));
+    for p in [7, 5, 7] {
+        assert_eq!(short(&mut b, peer(p), t2), Some(0), "client {p}");
+    }
+    assert_eq!(b.servers()[1].connects, 3, "server 1 was tried again");
+    assert_eq!(tracked(&b, peer(7)), Some(other));
+
+    // New clients: the round-robin cursor is still on 1 (failover did not move it, and tracked
+    // clients do not use it), so 0 then 1, which is back in the rotation.
+    assert_eq!(short(&mut b, peer(8), t2), Some(0));
+    assert_eq!(short(&mut b, peer(9), t2), Some(1));
+    assert_eq!(short(&mut b, peer(7), t2), Some(0));
+}

@@ -282,6 +282,46 @@ pub fn connect(to: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Socket options for a test's own TCP socket, set before the handshake so that the window and
+/// the MSS it announces already reflect them. None: the kernel's default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// SO_RCVBUF (the kernel doubles it, and stops autotuning it).
+    pub rcvbuf: Option<usize>,
+    /// SO_SNDBUF (likewise).
+    pub sndbuf: Option<usize>,
+    /// TCP_MAXSEG: the MSS announced to the peer. Loopback's 64 KiB MTU makes the peer's send
+    /// buffer autotune to megabytes at once; an Ethernet-sized MSS keeps it at tens of KiB, as
+    /// on a real network.
+    pub mss: Option<u32>,
+}
+
+impl Tuning {
+    fn apply(&self, socket: &Socket) -> io::Result<()> {
+        if let Some(size) = self.rcvbuf {
+            socket.set_recv_buffer_size(size)?;
+        }
+        if let Some(size) = self.sndbuf {
+            socket.set_send_buffer_size(size)?;
+        }
+        if let Some(mss) = self.mss {
+            socket.set_mss(mss)?;
+        }
+        Ok(())
+    }
+}
+
+/// A TCP connection to `to` with the harness timeouts and `tuning`.
+pub fn connect_tuned(to: SocketAddr, tuning: Tuning) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    tuning.apply(&socket)?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
 pub fn loopback(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
@@ -337,6 +377,32 @@ pub fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// Resident memory of the process (VmRSS), in KiB; 0 if it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let v = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The most a TCP socket's receive and send buffers can autotune to (the third fields of
+/// `net.ipv4.tcp_rmem` and `tcp_wmem`), in bytes: what the kernel may hold for a socket whose
+/// owner did not set a size. None if unreadable.
+pub fn tcp_buffer_max() -> Option<(usize, usize)> {
+    let max = |name: &str| -> Option<usize> {
+        fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()?
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    Some((max("tcp_rmem")?, max("tcp_wmem")?))
 }
 
 /// Socket inodes the process holds open.
@@ -846,6 +912,18 @@ impl Backend {
         Backend::serve(AnyListener::Tcp(l), Arc::new(handler))
     }
 
+    /// A TCP backend on 127.0.0.1, port 0, whose connections have `tuning`. It is set on the
+    /// listener, before it listens: accepted sockets inherit it, and the handshake announces it.
+    pub fn tcp_tuned(tuning: Tuning, handler: impl Fn(Stream) + Send + Sync + 'static) -> Backend {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        tuning.apply(&socket).expect("backend socket options");
+        socket
+            .bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())
+            .expect("bind backend");
+        socket.listen(128).expect("listen");
+        Backend::serve(AnyListener::Tcp(socket.into()), Arc::new(handler))
+    }
+
     /// Run `handler` for every connection accepted on `listener`.
     pub fn serve(listener: AnyListener, handler: Handler) -> Backend {
         let addr = match &listener {
@@ -1111,4 +1189,38 @@ impl Default for Blackhole {
 pub fn channel<T: Send + 'static>() -> (Arc<Mutex<mpsc::Sender<T>>>, mpsc::Receiver<T>) {
     let (tx, rx) = mpsc::channel();
     (Arc::new(Mutex::new(tx)), rx)
+}
+
+// ---- a server that dies and comes back ---------------------------------------------------------
+
+impl Backend {
+    /// Stop this TCP backend and keep its port refusing connects: to pen, the server has died.
+    /// `revive` on the result brings it back on the same port.
+    pub fn kill(self) -> Dead {
+        let BackendAddr::Tcp(addr) = &self.addr else {
+            panic!("kill: not a TCP backend");
+        };
+        let addr = *addr;
+        drop(self);
+        Dead::at(addr)
+    }
+}
+
+impl Dead {
+    /// A refusing port at `addr`, which a listener has just given up. SO_REUSEADDR lets it share
+    /// the port with that listener's connections in TIME_WAIT, never with a listening socket; the
+    /// retries cover the moment the old listener's thread takes to close it.
+    pub fn at(addr: SocketAddr) -> Dead {
+        let socket = wait_until(
+            &format!("{addr} to be free"),
+            Duration::from_secs(5),
+            || {
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).ok()?;
+                s.set_reuse_address(true).ok()?;
+                s.bind(&addr.into()).ok()?;
+                Some(s)
+            },
+        );
+        Dead { socket, addr }
+    }
 }
