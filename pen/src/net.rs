@@ -49,6 +49,28 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// The TCP socket underneath, if there is one.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+            Stream::Tls(s) => s.get_ref().0.tcp(),
+        }
+    }
+
+    /// Resolves when the peer has reset the connection (an error is pending on the socket).
+    /// A peer that only closed its sending side (FIN) may still be waiting for a reply
+    /// (half-close), so that never resolves it; nor does anything on a Unix socket. Reads
+    /// nothing.
+    pub async fn reset_by_peer(&self) {
+        match self.tcp() {
+            Some(s) => {
+                let _ = s.ready(tokio::io::Interest::ERROR).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -214,7 +214,17 @@ async fn serve(
             settings.connect_timeout,
             net::connect(&backend, &settings, peer.ip),
         );
-        let failure = match attempt.await {
+        // A client that resets while the server is slow to answer is gone for good: drop the
+        // pending connect and free its socket and slot now, not at `-t`.
+        let attempt = tokio::select! {
+            biased;
+            attempt = attempt => attempt,
+            () = client.reset_by_peer() => {
+                debug!("client {peer:?} reset the connection while pen connected to {backend}");
+                return;
+            }
+        };
+        let failure = match attempt {
             Ok(Ok(mut upstream)) => {
                 let counters = shared.with(|b| {
                     b.connected(conn);

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::Shutdown;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -191,6 +191,61 @@ fn client_gone_before_the_server_connect_completes() {
     if let Err(n) = settles_to(&pen, baseline, 2) {
         panic!("pen holds {n} descriptors, {baseline} before");
     }
+    pen.finish();
+}
+
+/// Catalogue F15: a client that resets while pen is still connecting to a server that does not
+/// answer is let go at once, with its pending connect, not when `-t` (here 30 s) runs out.
+#[test]
+fn a_client_that_resets_during_the_server_connect_is_let_go_at_once() {
+    let hole = Blackhole::new();
+    let pen = Pen::start(&["-t", "30"], &[hole.spec()]);
+    let pid = pen.pid();
+    let baseline = fd_count(pid);
+    let clients: Vec<Stream> = (0..5).map(|_| pen.connect()).collect();
+    // Each client holds two descriptors in pen: its own and the pending upstream socket.
+    wait_until(
+        "pen to start connecting for every client",
+        Duration::from_secs(5),
+        || (fd_count(pid) >= baseline + 10).then_some(()),
+    );
+    let reset_at = Instant::now();
+    for c in clients {
+        c.reset();
+    }
+    if let Err(n) = settles_to(&pen, baseline, 0) {
+        panic!("pen holds {n} descriptors after its clients reset, {baseline} before");
+    }
+    assert!(
+        reset_at.elapsed() < Duration::from_secs(5),
+        "released only after {:?}",
+        reset_at.elapsed()
+    );
+    pen.finish();
+}
+
+/// The other side of F15: a client that only half-closes (sends its request, then FIN) while
+/// pen is still connecting may be waiting for the reply, so the connect goes on and the reply
+/// comes.
+#[test]
+fn a_client_that_half_closes_during_the_server_connect_still_gets_its_reply() {
+    let hole = Blackhole::new();
+    let pen = Pen::start(&["-t", "10"], &[hole.spec()]);
+    let mut c = pen.connect();
+    c.set_read_timeout(Some(Duration::from_secs(10)));
+    c.write_all(b"hello").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    thread::sleep(Duration::from_millis(300)); // pen's connect is pending, the FIN has come
+                                               // Room in the server's queue: the kernel's next SYN retry (after 1 s, then 3 s) gets in.
+    let server = hole.open(|mut s| {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut got);
+        let _ = s.write_all(format!("got {}", String::from_utf8_lossy(&got)).as_bytes());
+    });
+    let mut reply = String::new();
+    let _ = std::io::Read::read_to_string(&mut c, &mut reply);
+    assert_eq!(reply, "got hello");
+    server.join().unwrap();
     pen.finish();
 }
 

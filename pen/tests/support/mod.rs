@@ -1179,6 +1179,40 @@ impl Blackhole {
     }
 }
 
+impl Blackhole {
+    /// Start accepting again: the next connection that is not one of the fillers (pen's, once
+    /// the kernel retries its SYN) goes to `handler`, in a thread. Waits for it at most 10 s.
+    pub fn open(self, handler: impl FnOnce(TcpStream) + Send + 'static) -> thread::JoinHandle<()> {
+        let fillers: Vec<SocketAddr> = self
+            ._fillers
+            .iter()
+            .filter_map(|f| f.local_addr().ok())
+            .collect();
+        let listener = self._listener;
+        thread::spawn(move || {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let mut kept = Vec::new(); // fillers, closed when the thread ends
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, from)) => {
+                        let s: TcpStream = s.into();
+                        s.set_nonblocking(false).expect("blocking");
+                        if from.as_socket().is_some_and(|a| fillers.contains(&a)) {
+                            kept.push(s);
+                            continue;
+                        }
+                        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                        handler(s);
+                        return;
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    }
+}
+
 impl Default for Blackhole {
     fn default() -> Self {
         Blackhole::new()
