@@ -580,3 +580,39 @@ fn a_server_with_a_tiny_window_gets_every_byte_without_pen_spinning() {
     drop(client);
     pen.finish();
 }
+
+/// Catalogue F13: a client that half-closes while its server neither answers nor closes is not
+/// held forever: `idle_timeout` closes it like any silent connection (pen 0.34.1 only closed
+/// connections that were not half-closed).
+#[test]
+fn idle_timeout_also_closes_a_half_closed_connection() {
+    let (tx, rx) = channel::<usize>();
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    // Reads what comes, never writes, and holds its end open until the test releases it.
+    let mute = Backend::tcp(move |mut s| {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let _ = tx.lock().unwrap().send(n);
+        let _ = s.read(&mut buf); // the FIN pen forwards, or pen's close
+        let _ = released
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5));
+    });
+    let pen = Pen::start(&["-o", "idle_timeout 1"], &[mute.spec()]);
+    let mut c = pen.connect();
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(7));
+    let since = Instant::now();
+    c.set_read_timeout(Some(Duration::from_secs(5)));
+    assert_eq!(drain(&mut c), Ok(0), "the half-closed connection was held");
+    let waited = since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "closed after {waited:?}, with idle_timeout 1"
+    );
+    let _ = release.send(());
+    pen.finish();
+}
