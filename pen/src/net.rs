@@ -59,6 +59,15 @@ impl Stream {
         }
     }
 
+    /// Make the close that follows send a reset (SO_LINGER 0) rather than a FIN, for a
+    /// connection cut short: the peer sees an error, not what looks like a complete transfer.
+    /// Nothing on a Unix socket.
+    pub fn reset_on_close(&self) {
+        if let Some(s) = self.tcp() {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+
     /// Resolves when the peer has reset the connection (an error is pending on the socket).
     /// A peer that only closed its sending side (FIN) may still be waiting for a reply
     /// (half-close), so that never resolves it; nor does anything on a Unix socket. Reads

@@ -287,7 +287,15 @@ async fn serve(
                             }
                         }
                     },
-                    () = counters.abort.notified() => info!("connection {}: closed by the control port", conn.0),
+                    () = counters.abort.notified() => {
+                        if counters.cut.load(Ordering::Relaxed) {
+                            info!("connection {}: reset, the shutdown grace period is over", conn.0);
+                            client.reset_on_close();
+                            upstream.reset_on_close();
+                        } else {
+                            info!("connection {}: closed by the control port", conn.0);
+                        }
+                    }
                 }
                 return;
             }

@@ -336,7 +336,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while shared.with(|b| b.live_conns()) > 0 {
             if tokio::time::Instant::now() >= deadline {
-                warn!("grace period over; closing the connections still open");
+                warn!("grace period over; resetting the connections still open");
+                cut_open_connections(&shared).await;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -351,6 +352,25 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     shared.reqlog.close();
     drop(pid_file);
     Ok(())
+}
+
+/// How long connections cut at the end of the grace period may take to send their resets.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+
+/// End every open connection with a reset (catalogue D5: a transfer cut at shutdown must look
+/// cut to both sides, not complete), then wait a little for them to go.
+async fn cut_open_connections(shared: &Shared) {
+    let open: Vec<_> = shared.with(|b| b.conns().map(|(_, c)| c.counters.clone()).collect());
+    for counters in open {
+        counters
+            .cut
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        counters.abort.notify_one();
+    }
+    let deadline = tokio::time::Instant::now() + CUT_WAIT;
+    while shared.with(|b| b.live_conns()) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The control port, unless pen runs as root without `-u` (pen's rule: an unauthenticated

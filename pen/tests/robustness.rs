@@ -279,6 +279,51 @@ fn sigterm_stops_accepting_and_waits_for_open_connections() {
     );
 }
 
+/// Catalogue D5: a transfer still running when the grace period after TERM (10 s) is over is
+/// cut with a reset, which the client sees as an error, never as a clean end of the data; then
+/// pen exits.
+#[test]
+fn a_transfer_cut_at_the_end_of_the_grace_period_ends_in_a_reset() {
+    // A server that streams slowly, for longer than the grace period.
+    let source = Backend::tcp(|mut s| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && s.write_all(&[b'x'; 1024]).is_ok() {
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut pen = Pen::start(&[], &[source.spec()]);
+    let mut c = pen.connect();
+    c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    assert!(std::io::Read::read(&mut c, &mut buf).unwrap() > 0);
+    pen.signal("TERM");
+    let since = Instant::now();
+    let end = loop {
+        match std::io::Read::read(&mut c, &mut buf) {
+            Ok(0) => break Ok(0),
+            Ok(_) if since.elapsed() < Duration::from_secs(20) => continue,
+            Ok(_) => panic!("still streaming 20 s after TERM"),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    let waited = since.elapsed();
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the transfer cut at shutdown ended as if complete after {waited:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "cut after {waited:?}, with a 10 s grace period"
+    );
+    let status = pen.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "pen did not exit 0 after the grace period: {status:?}\n{}",
+        pen.stderr_text()
+    );
+}
+
 #[test]
 fn sigint_exits_0() {
     let a = Backend::named("A");

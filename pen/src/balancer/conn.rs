@@ -23,6 +23,9 @@ pub struct ConnCounters {
     pending_to_client: AtomicU64,
     /// The shell's kill switch for `close N`; the balancer never touches it.
     pub abort: tokio::sync::Notify,
+    /// Set before `abort` when the grace period after TERM is over: the connection ends with a
+    /// reset, so neither side can take the cut for a complete transfer.
+    pub cut: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ConnCounters {
@@ -33,6 +36,7 @@ impl Default for ConnCounters {
             client_fd: AtomicI32::new(-1),
             server_fd: AtomicI32::new(-1),
             abort: tokio::sync::Notify::new(),
+            cut: std::sync::atomic::AtomicBool::new(false),
             pending_to_server: AtomicU64::new(0),
             pending_to_client: AtomicU64::new(0),
         }
