@@ -6,15 +6,15 @@
 //! tokio runtime: a UDP relay has no streams to drive, and a plain loop does each request with
 //! at most the four system calls it needs (receive from the client, send to the server,
 //! receive the reply, send it back; client datagrams are received and, on a listener bound to
-//! one address, replies sent up to 16 per call), hands an ended session's socket to the next session (`spares`: a
-//! disconnect and a connect instead of a close, a new socket and an epoll registration), and
-//! keeps no task per session. The listening socket receives every client datagram (`recvmmsg`, 16 at a
-//! time); the session table (client address and port -> session) finds or opens the session;
-//! the datagram goes out on the session's own socket, connected to its server, and the server's
-//! replies go back through the listening socket, from the address the client sent to. A
-//! session costs one descriptor, the kernel routes replies to the right session, and an ICMP
-//! port unreachable from a server comes back as ECONNREFUSED on exactly the session it
-//! concerns.
+//! one address, replies sent up to 16 per call), hands an ended session's socket to the next
+//! session (`spares`: a disconnect and a connect instead of a close, a new socket and an epoll
+//! registration), and keeps no task per session. The listening socket receives every client
+//! datagram (`recvmmsg`, 16 at a time); the session table (client address and port -> session)
+//! finds or opens the session; the datagram goes out on the session's own socket, connected to
+//! its server, and the server's replies go back through the listening socket, from the address
+//! the client sent to. A session costs one descriptor, the kernel routes replies to the right
+//! session, and an ICMP port unreachable from a server comes back as ECONNREFUSED on exactly
+//! the session it concerns.
 //!
 //! Differences from pen 0.34.1, which opened two sockets per session and kept them until its
 //! connection table wrapped round: sessions expire after `idle_timeout` (60 s when that is 0);
