@@ -157,6 +157,13 @@ pub(crate) fn describe(target: Target) -> String {
     }
 }
 
+/// How logs name a client.
+fn describe_peer(peer: Peer) -> String {
+    peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
+        format!("client {ip} port {}", peer.port)
+    })
+}
+
 /// One client connection: the TLS handshake if the listener has TLS (before anything else, so
 /// a client that fails it never touches the balancer or a server), then choose a server,
 /// connect (failing over as the balancer says), relay.
@@ -174,10 +181,7 @@ async fn serve(
         Some(tls) => match Box::pin(tls.accept(client)).await {
             Ok(client) => client,
             Err(e) => {
-                let who = peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
-                    format!("client {ip} port {}", peer.port)
-                });
-                debug!("TLS handshake with {who} failed: {e}");
+                debug!("TLS handshake with {} failed: {e}", describe_peer(peer));
                 return;
             }
         },
@@ -206,7 +210,8 @@ async fn serve(
             backend,
         } = admission
         else {
-            debug!("no server for client {peer:?}; closing it");
+            // pen says this at debug level 1 ("No failover server found, giving up").
+            info!("no server for {}; closing it", describe_peer(peer));
             return;
         };
         guard.conn = Some(conn);

@@ -303,16 +303,12 @@ fn refused_server_is_blacklisted_then_used_again_after_dash_b() {
 
 /// The client's tracking entry as `snapshot` shows it: pen's number of its last server.
 fn tracked_server(c: &Controlled, client: &str) -> Option<i64> {
-    snapshot(c)
+    c.snapshot()
         .clients
         .iter()
         .find(|e| e.address == client)
         .unwrap_or_else(|| panic!("{client} is not in the client table"))
         .last_server
-}
-
-fn snapshot(c: &Controlled) -> pen::balancer::Snapshot {
-    serde_json::from_str(c.ctl("snapshot").trim()).expect("JSON snapshot")
 }
 
 /// Catalogue F19. C pen 0.34.1 with `-P` (its default epoll build resets the client instead,
@@ -339,17 +335,17 @@ fn tracking_follows_failover_and_stays_after_the_server_returns() {
         "the entry follows failover"
     );
     // Every connection placed on A, refused ones included.
-    let tries_at_a = snapshot(&c).servers[1].connects;
+    let tries_at_a = c.snapshot().servers[1].connects;
     assert_eq!(tries_at_a, 2);
     assert_eq!(c.pen.ask_from(7), "B");
 
     // A's blacklist ends while A is still down: the client goes straight to B, with no connect
     // to A first (that would count, and blacklist A again).
     wait_until("A's 1 s blacklist to end", Duration::from_secs(5), || {
-        (!snapshot(&c).servers[1].blacklisted).then_some(())
+        (!c.snapshot().servers[1].blacklisted).then_some(())
     });
     assert_eq!(c.pen.ask_from(7), "B");
-    let snap = snapshot(&c);
+    let snap = c.snapshot();
     assert_eq!(snap.servers[1].connects, tries_at_a, "pen tried A again");
     assert!(!snap.servers[1].blacklisted, "pen tried A again");
 
@@ -378,6 +374,105 @@ fn failover_tries_each_server_once_then_closes_the_client() {
             "the client got data with every server down"
         );
     }
+    pen.finish();
+}
+
+/// Catalogue F16, without `-e`: with every server down, each client is closed at once (no
+/// wait for `-t`, here 5 s), and `-d` says why, once per client: the connect failures that
+/// blacklist the servers, then that no server was left for the client.
+#[test]
+fn all_servers_down_closes_each_client_at_once_and_says_so() {
+    let (d1, d2) = (Dead::new(), Dead::new());
+    let pen = Pen::start(&["-d", "-t", "5"], &[d1.spec(), d2.spec()]);
+    // The first client finds both servers refusing; the next two find both blacklisted.
+    for n in 2..5u8 {
+        let mut s = pen.connect_from(n);
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("read timeout");
+        s.write_all_ignoring(b"?");
+        let end = drain(&mut s);
+        assert!(
+            matches!(end, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+            "client 127.0.0.{n} was not closed within 1 s: {end:?}; stderr:\n{}",
+            pen.stderr_text()
+        );
+    }
+    let turned_away = |stderr: &str| {
+        (2..5u8)
+            .filter(|n| {
+                let who = format!("client 127.0.0.{n} ");
+                stderr
+                    .lines()
+                    .any(|l| l.contains("no server for") && l.contains(&who))
+            })
+            .count()
+    };
+    let logged = poll_until(Duration::from_secs(5), || {
+        let stderr = pen.stderr_text();
+        (turned_away(&stderr) == 3).then_some(stderr)
+    });
+    let stderr = logged.unwrap_or_else(|| {
+        panic!(
+            "want a 'no server for client 127.0.0.N' line for N = 2, 3, 4 with -d:\n{}",
+            pen.stderr_text()
+        )
+    });
+    for (i, d) in [&d1, &d2].iter().enumerate() {
+        let failed = format!("server {i} ({}) failed", d.spec());
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&failed) && l.contains("blacklisting")),
+            "no line says server {i} failed:\n{stderr}"
+        );
+    }
+    pen.finish();
+}
+
+/// Catalogue F16, with `-e`: the emergency server serves while every server is down, and once
+/// a server is back and its blacklist (`-b 1`) is over, clients go to it again: new clients,
+/// and clients last sent to the emergency server (tracking never holds a client there).
+#[test]
+fn emergency_server_serves_while_all_are_down_and_servers_take_over_on_recovery() {
+    let (d1, d2) = (Dead::new(), Dead::new());
+    let e = Backend::named("E");
+    let es = e.spec();
+    let pen = Pen::start(&["-b", "1", "-e", &es], &[d1.spec(), d2.spec()]);
+    // Both blacklists end 1 s after the failures, so no sooner than 1 s after this.
+    let before_failures = Instant::now();
+    assert_eq!(pen.ask_from(2), "E", "both servers refuse: failover to -e");
+    assert_eq!(pen.ask_from(3), "E", "both servers blacklisted");
+    let a = d1.revive("A");
+    // Blacklisted for 1 s even though it is back (checked only if this machine was quick).
+    let during = pen.ask_from(4);
+    if before_failures.elapsed() < Duration::from_millis(700) {
+        assert_eq!(during, "E", "a blacklisted server was used");
+        assert_eq!(a.accepted.load(Ordering::SeqCst), 0);
+    }
+    // Once the blacklist is over, new clients reach A (directly, or through failover from the
+    // server still down). Each try is a new client; bounded in time and count.
+    let mut tries = 0u8;
+    let recovered = poll_until(Duration::from_secs(4), || {
+        if tries == 100 {
+            return Some(false);
+        }
+        tries += 1;
+        (pen.ask_from(10 + tries) == "A").then_some(true)
+    });
+    assert_eq!(
+        recovered,
+        Some(true),
+        "no client reached the recovered server within 4 s ({tries} tries)"
+    );
+    assert!(
+        before_failures.elapsed() >= Duration::from_secs(1),
+        "the recovered server was used {:?} after it was blacklisted for 1 s",
+        before_failures.elapsed()
+    );
+    let e_before = e.accepted.load(Ordering::SeqCst);
+    let got: Vec<String> = [2, 3, 4, 5, 6].map(|n| pen.ask_from(n)).into();
+    assert_eq!(got, ["A"; 5], "clients 127.0.0.2-6 after the recovery");
+    assert_eq!(e.accepted.load(Ordering::SeqCst), e_before);
     pen.finish();
 }
 

@@ -3,12 +3,15 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::control::Controlled;
 use support::*;
 
 /// Wait until pen's descriptor count is within `slack` of `baseline`; the last count otherwise.
@@ -24,7 +27,11 @@ fn settles_to(pen: &Pen, baseline: usize, slack: usize) -> Result<usize, usize> 
 /// pen's descriptor count once it has served one client and is idle again.
 fn idle_baseline(pen: &Pen) -> usize {
     assert_eq!(pen.ask_from(9), "A");
-    // The count is stable when two reads 50 ms apart agree (bounded).
+    stable_fd_count(pen)
+}
+
+/// pen's descriptor count once two reads in a row agree (bounded).
+fn stable_fd_count(pen: &Pen) -> usize {
     let pid = pen.pid();
     let mut last = fd_count(pid);
     poll_until(Duration::from_secs(2), || {
@@ -176,6 +183,187 @@ fn server_that_closes_at_once_closes_the_client() {
         );
     }
     pen.finish();
+}
+
+/// Catalogue F4: a server that accepts and closes at once, before sending anything. To pen the
+/// connect succeeded, so this is not a server failure: no blacklisting and no failover (C pen
+/// 0.34.1 does the same, with epoll and with `-P`). Each client is closed promptly, the server
+/// sees exactly one connection per client sent to it (no retries), and no descriptor stays.
+#[test]
+fn a_server_that_accepts_then_closes_closes_each_client_once_and_stays_in_use() {
+    let closer = Backend::tcp(drop);
+    let b = Backend::named("B");
+    // -d: a blacklisting would be logged.
+    let c = Controlled::start(&["-d", "-r"], &[closer.spec(), b.spec()]);
+    let baseline = stable_fd_count(&c.pen);
+    let prompt = Duration::from_secs(2);
+    // Round robin from server 1: B, then the closer, in turn, unless pen set the closer aside.
+    // Half the closer's clients speak first (pen's write to the closed server fails), half wait
+    // (only the server's EOF, forwarded, can end them).
+    for i in 0..20 {
+        let mut s = c.pen.connect();
+        s.set_read_timeout(Some(prompt));
+        let connected = Instant::now();
+        if i % 2 == 0 {
+            s.write_all(b"?").expect("send to B");
+            assert_eq!(read_line(&mut s).expect("B answers"), "B", "client {i}");
+            continue;
+        }
+        if i % 4 == 1 {
+            let _ = s.write_all(b"?");
+        }
+        let end = drain(&mut s);
+        assert!(
+            matches!(end, Ok(0) | Err(ErrorKind::ConnectionReset)),
+            "client {i}, the closing server's turn: {end:?} after {:?} (want a close within \
+             {prompt:?}); stderr:\n{}",
+            connected.elapsed(),
+            c.pen.stderr_text()
+        );
+    }
+    if let Err(n) = settles_to(&c.pen, baseline, 2) {
+        panic!("pen holds {n} descriptors after 20 clients, {baseline} before");
+    }
+    // Each client's end came from its server's handler, after the accept was counted; a retry
+    // (pen's descriptors are back, so it has been made) would show as one more.
+    let accepted = (
+        closer.accepted.load(Ordering::SeqCst),
+        b.accepted.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        accepted,
+        (10, 10),
+        "connections (closer, B) for 10 clients each"
+    );
+    let snap = c.snapshot();
+    let closer_state = &snap.servers[0];
+    assert!(
+        !closer_state.blacklisted && closer_state.connects == 10,
+        "the closing server: {closer_state:?}"
+    );
+    assert_eq!(snap.servers[1].connects, 10);
+    let stderr = c.pen.stderr_text();
+    assert!(
+        !stderr.contains("blacklisting"),
+        "a server that accepted was blacklisted:\n{stderr}"
+    );
+    c.pen.finish();
+}
+
+/// Catalogue F6: the server of one download dies half way through 100 MiB (its connection is
+/// reset: SO_LINGER 0, then closed, and its listener closed). That client's connection is
+/// closed within 1 s; another client's download from another server, in progress at the time,
+/// completes byte for byte; the dead server's port now refuses, and the next client sent there
+/// fails over, which blacklists it.
+#[test]
+fn a_server_killed_mid_download_closes_its_client_only_and_is_blacklisted_next() {
+    const MIB: usize = 1 << 20;
+    // A: 100 MiB, the same 1 MiB chunk over and over; hands the test its end of each connection.
+    let chunk = Arc::new(pattern(61, MIB));
+    let (conns_tx, conns) = channel::<Stream>();
+    let a = {
+        let chunk = chunk.clone();
+        Backend::tcp(move |mut s| {
+            if let Ok(clone) = s.try_clone() {
+                let _ = conns_tx.lock().unwrap().send(clone);
+            }
+            for _ in 0..100 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let a_addr = match a.addr {
+        BackendAddr::Tcp(sa) => sa,
+        BackendAddr::Unix(_) => unreachable!("a TCP backend"),
+    };
+    // B: 32 MiB of a pattern, then EOF.
+    let other = Arc::new(pattern(62, 32 * MIB));
+    let b = {
+        let other = other.clone();
+        Backend::tcp(move |mut s| {
+            let _ = s.write_all(&other);
+        })
+    };
+    // -r from server 1: the first client goes to A, the second to B, the third to A again.
+    let c = Controlled::start(&["-d", "-r"], &[b.spec(), a.spec()]);
+    let baseline = stable_fd_count(&c.pen);
+    let mut first = c.pen.connect();
+    wait_until(
+        "A to accept pen's connection",
+        Duration::from_secs(5),
+        || (a.accepted.load(Ordering::SeqCst) == 1).then_some(()),
+    );
+    let mut second = c.pen.connect();
+
+    // Both downloads run, in turns: 1 MiB of A's, 256 KiB of B's, until A's is half done.
+    let mut buf = vec![0u8; MIB];
+    let mut got = Vec::with_capacity(other.len());
+    let mut slice = vec![0u8; 256 * 1024];
+    for n in 0..50 {
+        first.read_exact(&mut buf).expect("A's download");
+        assert!(buf == *chunk, "A's download differs in MiB {n}");
+        second.read_exact(&mut slice).expect("B's download");
+        got.extend_from_slice(&slice);
+    }
+    let a_conn = conns
+        .recv_timeout(Duration::from_secs(5))
+        .expect("A's connection");
+    let killed_at = Instant::now();
+    a_conn.reset(); // SO_LINGER 0 on the socket: its last close sends a reset
+    let _dead = a.kill(); // closes the listener and A's connection; the port now refuses
+
+    first.set_read_timeout(Some(Duration::from_secs(2)));
+    let end = drain(&mut first);
+    let closed_after = killed_at.elapsed();
+    assert!(
+        matches!(end, Ok(_) | Err(ErrorKind::ConnectionReset)),
+        "the first client's connection was not closed within 2 s of A's death: {end:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "the first client's connection was closed {closed_after:?} after A's death"
+    );
+    if let Ok(rest) = end {
+        assert!(50 * MIB + rest < 100 * MIB, "A's whole download arrived");
+    }
+
+    second
+        .read_to_end(&mut got)
+        .expect("the rest of B's download");
+    assert_same_bytes("the download from B", &got, &other);
+    drop((first, second));
+
+    let refused = connect(a_addr).map(drop).map_err(|e| e.kind());
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused), "A's port");
+    // Round robin picks A: refused, A blacklisted, failover to B.
+    let mut third = c.pen.connect();
+    let mut head = [0u8; 16];
+    third
+        .read_exact(&mut head)
+        .expect("the third client is served");
+    assert_eq!(head, other[..16], "the third client is served by B");
+    drop(third);
+    let snap = c.snapshot();
+    let (a_state, b_state) = (&snap.servers[1], &snap.servers[0]);
+    assert!(
+        a_state.blacklisted && a_state.connects == 2,
+        "A after the failed connect: {a_state:?}"
+    );
+    assert_eq!(b_state.connects, 2, "B: the second and third clients");
+    let failed = format!("server 1 ({a_addr}) failed");
+    wait_until("pen to log A's failure", Duration::from_secs(5), || {
+        let stderr = c.pen.stderr_text();
+        stderr
+            .lines()
+            .any(|l| l.contains(&failed) && l.contains("blacklisting"))
+            .then_some(())
+    });
+    if let Err(n) = settles_to(&c.pen, baseline, 2) {
+        panic!("pen holds {n} descriptors, {baseline} before the downloads");
+    }
+    c.pen.finish();
 }
 
 #[test]

@@ -1258,3 +1258,12 @@ impl Dead {
         Dead { socket, addr }
     }
 }
+
+// ---- the balancer's state, through the control port ---------------------------------------------
+
+impl control::Controlled {
+    /// The balancer's state as the control port's `snapshot` command reports it.
+    pub fn snapshot(&self) -> pen::balancer::Snapshot {
+        serde_json::from_str(self.ctl("snapshot").trim()).expect("JSON snapshot")
+    }
+}
