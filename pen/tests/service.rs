@@ -540,3 +540,73 @@ fn hup_usr1_and_usr2_are_caught_so_they_never_kill_pen() {
     }
     pen.finish();
 }
+
+/// Catalogue B15: a storm of signals (1,000 SIGHUP in about a second, with SIGUSR1 among them)
+/// while clients keep asking: no hang, no spinning afterwards, every request answered, and the
+/// control port still answers.
+#[test]
+fn a_signal_storm_under_load_leaves_pen_serving() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let a = Backend::named("A");
+    let mut c = support::control::Controlled::start(&[], &[a.spec()]);
+    let pid = nix::unistd::Pid::from_raw(c.pen.pid() as i32);
+    let (stop, served, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let addr = c.pen.tcp();
+    let traffic = {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        std::thread::spawn(move || {
+            // Bounded: the test stops it, and at most 100,000 requests.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let answer = connect(addr).and_then(|mut s| ask(&mut s));
+                match answer {
+                    Ok(name) if name == "A" => served.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let sig = if i % 100 == 99 {
+            Signal::SIGUSR1
+        } else {
+            Signal::SIGHUP
+        };
+        nix::sys::signal::kill(pid, sig).expect("pen is there to signal");
+        std::thread::sleep(Duration::from_micros(800));
+    }
+    let storm = started.elapsed();
+    let during = served.load(Ordering::SeqCst);
+    // Traffic goes on after the storm, and the control port answers.
+    wait_until(
+        "requests to be served after the storm",
+        Duration::from_secs(5),
+        || (served.load(Ordering::SeqCst) >= during + 20).then_some(()),
+    );
+    stop.store(true, Ordering::SeqCst);
+    traffic.join().unwrap();
+    let port = a.spec().rsplit(':').next().unwrap().to_string();
+    let servers = c.ctl("servers");
+    assert!(
+        servers.contains(&format!("port {port}")),
+        "the control port's `servers` reply: {servers:?}"
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed");
+    assert!(during > 0, "nothing was served during the {storm:?} storm");
+    // Settled: no thread spins on what the storm left behind.
+    let cpu = cpu_during(c.pen.pid(), || std::thread::sleep(Duration::from_secs(1)));
+    assert!(
+        cpu < 0.3,
+        "pen used {cpu:.2} s of CPU in the second after the storm"
+    );
+    c.pen.assert_alive();
+    c.pen.finish();
+}
