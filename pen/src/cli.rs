@@ -1,6 +1,6 @@
 //! pen's command line: the option letters of pen 0.34.1, parsed as glibc getopt does (clustered
 //! flags, attached or separate arguments, options after positionals, `--` to stop), plus
-//! `--help` and `--version`.
+//! `--help`, `--version` and `--check`.
 //!
 //! `FLAGS` is the single table of options: the parser, the usage text and the man-page test all
 //! read it. A hand-written parser rather than clap, because pen's grammar (options applied in
@@ -160,6 +160,8 @@ pub struct Options {
 #[derive(Debug)]
 pub enum Invocation {
     Run(Box<Options>),
+    /// `--check`: check the configuration as a start would, bind nothing, exit 0 or 1.
+    Check(Box<Options>),
     /// Print the usage text on stdout and exit 0 (no arguments, `-N`, as pen does).
     Usage,
     Help,
@@ -214,6 +216,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
     }
     let mut raw = Raw::default();
     let mut positionals: Vec<&str> = Vec::new();
+    let mut check = false;
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -225,6 +228,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
             }
             "--help" => return Ok(Invocation::Help),
             "--version" => return Ok(Invocation::Version),
+            "--check" => check = true,
             a if a.starts_with("--") => return Err(CliError::UnknownOption(a.to_string())),
             a if a.starts_with('-') && a.len() > 1 => {
                 for (at, letter) in a[1..].char_indices() {
@@ -255,8 +259,12 @@ pub fn parse(args: &[String]) -> Result<Invocation, CliError> {
             a => positionals.push(a),
         }
     }
-    raw.finish(&positionals)
-        .map(|o| Invocation::Run(Box::new(o)))
+    let options = Box::new(raw.finish(&positionals)?);
+    Ok(if check {
+        Invocation::Check(options)
+    } else {
+        Invocation::Run(options)
+    })
 }
 
 /// Options as given, before the positionals are known.
@@ -562,7 +570,7 @@ pub fn usage() -> String {
         out.push_str(&format!("  {left:<16} {}{note}\n", f.help));
     }
     out.push_str(
-        "  --help           print this text\n  --version        print the version\n\nexample:\n  pen smtp mailhost1:smtp mailhost2:25 mailhost3\n",
+        "  --check          check the configuration (nothing is bound) and exit\n  --help           print this text\n  --version        print the version\n\nexample:\n  pen smtp mailhost1:smtp mailhost2:25 mailhost3\n",
     );
     out
 }

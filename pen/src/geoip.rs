@@ -27,12 +27,9 @@ const METADATA_MARKER: &[u8] = b"\xAB\xCD\xEFMaxMind.com";
 /// Why a database could not be opened. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoIpError {
-    #[error("GeoIP database {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The reason is in the message, not a `#[source]`, or `{:#}` would print it twice.
+    #[error("GeoIP database {}: {reason}", .path.display())]
+    Read { path: PathBuf, reason: io::Error },
     #[error("GeoIP database {}: not a MaxMind DB (.mmdb) file: {reason}", .path.display())]
     Invalid { path: PathBuf, reason: String },
     #[error("no GeoIP database found (tried {})", DEFAULT_PATHS.join(", "))]
@@ -58,9 +55,9 @@ impl GeoIp {
     /// Read and check a `.mmdb` file. Blocking file I/O: call it on the main thread, never on a
     /// data-plane thread.
     pub fn open(path: &Path) -> Result<GeoIp, GeoIpError> {
-        let bytes = std::fs::read(path).map_err(|source| GeoIpError::Read {
+        let bytes = std::fs::read(path).map_err(|reason| GeoIpError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         GeoIp::from_bytes(bytes, path)
     }

@@ -14,6 +14,22 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match cli::parse(&args) {
         Ok(Invocation::Run(options)) => options,
+        Ok(Invocation::Check(options)) => {
+            for notice in &options.notices {
+                eprintln!("{notice}");
+            }
+            pen::logging::init(options.debug);
+            return match pen::run::check(&options) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pen: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Invocation::Usage | Invocation::Help) => {
             print!("{}", cli::usage());
             return ExitCode::SUCCESS;

@@ -109,40 +109,17 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             conn_max.get() * 2
         );
     }
-    let mut host = host_view(&options, conn_max.get());
-    let (mut balancer, mut startup_actions) = build_balancer(&options, &mut host)?;
-    if let Some(path) = &options.config_file {
-        startup_actions.extend(load_config_file(path, &mut balancer, &mut host)?);
-    }
-    // TLS settings from -o and -F shape the configuration built below; the other actions run
-    // once the control plane is up.
-    let mut tls_options = options.tls.clone();
-    let mut config_actions = Vec::new();
-    for action in startup_actions {
-        match action {
-            control::Action::Tls(ssl) => {
-                if !tls_options.enabled() {
-                    anyhow::bail!(
-                        "{}: TLS is not on (give the certificate with -E)",
-                        ssl.word()
-                    );
-                }
-                crate::tls::apply_command(&mut tls_options, &ssl).context("TLS")?;
-            }
-            other => config_actions.push(other),
-        }
-    }
-    let listen = host
-        .listen
-        .clone()
-        .context("no listen address: give one on the command line or in the -F file")?;
+    let Configured {
+        host,
+        balancer,
+        config_actions,
+        listen,
+        tls,
+        replies,
+    } = configure(&options, conn_max)?;
+    print!("{replies}");
     let slots = Arc::new(Semaphore::new(host.conn_max));
-    balancer.set_conn_max(host.conn_max);
     let shared = Shared::new(balancer);
-    let tls = match tls_options.enabled() {
-        true => Some(Arc::new(Tls::new(tls_options).context("TLS")?)),
-        false => None,
-    };
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -375,6 +352,99 @@ async fn cut_open_connections(shared: &Shared) {
 
 /// The control port, unless pen runs as root without `-u` (pen's rule: an unauthenticated
 /// port should not command a root process unless the operator insists with `-u root`).
+/// Everything the command line and the `-F` file configure, read and checked, before anything
+/// is bound or opened for writing.
+struct Configured {
+    host: HostView,
+    balancer: Balancer,
+    /// Actions of `-o` and `-F` commands that run once the control plane is up.
+    config_actions: Vec<control::Action>,
+    listen: ListenAddr,
+    tls: Option<Arc<Tls>>,
+    /// What the `-F` file's commands answered (pen prints it on stdout as it starts).
+    replies: String,
+}
+
+/// Build the balancer and the host's view from `options` and the `-F` file, load the GeoIP
+/// database and the TLS certificate and key. Binds nothing and writes nothing.
+fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Configured> {
+    let mut host = host_view(options, conn_max.get());
+    let (mut balancer, mut startup_actions) = build_balancer(options, &mut host)?;
+    let mut replies = String::new();
+    if let Some(path) = &options.config_file {
+        let (actions, text) = load_config_file(path, &mut balancer, &mut host)?;
+        startup_actions.extend(actions);
+        replies = text;
+    }
+    // TLS settings from -o and -F shape the configuration built below; the other actions run
+    // once the control plane is up.
+    let mut tls_options = options.tls.clone();
+    let mut config_actions = Vec::new();
+    for action in startup_actions {
+        match action {
+            control::Action::Tls(ssl) => {
+                if !tls_options.enabled() {
+                    anyhow::bail!(
+                        "{}: TLS is not on (give the certificate with -E)",
+                        ssl.word()
+                    );
+                }
+                crate::tls::apply_command(&mut tls_options, &ssl).context("TLS")?;
+            }
+            other => config_actions.push(other),
+        }
+    }
+    let listen = host
+        .listen
+        .clone()
+        .context("no listen address: give one on the command line or in the -F file")?;
+    if options.udp && matches!(listen, ListenAddr::Unix(_)) {
+        anyhow::bail!("-U: UDP needs an IP listen address");
+    }
+    balancer.set_conn_max(host.conn_max);
+    let tls = match tls_options.enabled() {
+        true => Some(Arc::new(Tls::new(tls_options).context("TLS")?)),
+        false => None,
+    };
+    Ok(Configured {
+        host,
+        balancer,
+        config_actions,
+        listen,
+        tls,
+        replies,
+    })
+}
+
+/// `--check`: read and check the whole configuration as a start would (the command line, the
+/// `-F` file and what it includes, the user of `-u`, the GeoIP database, the TLS certificate
+/// and key), then stop. Nothing is bound, forked, written or chrooted; no pid file is made.
+/// Returns a one-line summary for stdout; an error names what is wrong.
+pub fn check(options: &Options) -> anyhow::Result<String> {
+    if let Some(user) = options.user.as_deref() {
+        daemon::lookup_user(user)?;
+    }
+    if let Some(dir) = &options.jail {
+        anyhow::ensure!(dir.is_dir(), "-j {}: not a directory", dir.display());
+    }
+    let conn_max = options
+        .conn_max
+        .unwrap_or_else(|| default_conn_max(raise_fd_limit()));
+    let configured = configure(options, conn_max)?;
+    let servers = configured.balancer.servers().len();
+    let mode = if options.udp { "UDP" } else { "TCP" };
+    Ok(format!(
+        "pen: configuration is valid: {mode} on {}, {servers} server{}{}",
+        configured.listen,
+        if servers == 1 { "" } else { "s" },
+        if configured.tls.is_some() {
+            ", TLS"
+        } else {
+            ""
+        },
+    ))
+}
+
 fn bind_control(options: &Options) -> anyhow::Result<Option<BoundListener>> {
     let Some((_, addr)) = &options.control else {
         return Ok(None);
@@ -430,7 +500,7 @@ fn load_config_file(
     path: &std::path::Path,
     balancer: &mut Balancer,
     host: &mut HostView,
-) -> anyhow::Result<Vec<control::Action>> {
+) -> anyhow::Result<(Vec<control::Action>, String)> {
     let lines = control::file::read(path).map_err(|e| anyhow::anyhow!("-F {e}"))?;
     let ctx = control::Context {
         now: Instant::now(),
@@ -443,13 +513,13 @@ fn load_config_file(
     };
     let applied = control::file::apply(&lines, balancer, host, &ctx)
         .map_err(|e| anyhow::anyhow!("-F {e}"))?;
-    print!("{}", applied.replies.concat());
     // Startup binds the listener itself, after this; the other actions run once it is up.
-    Ok(applied
+    let actions = applied
         .actions
         .into_iter()
         .filter(|a| !matches!(a, control::Action::Listen(_) | control::Action::ConnMax(_)))
-        .collect())
+        .collect();
+    Ok((actions, applied.replies.concat()))
 }
 
 /// The syslog socket for a daemon's messages. Without one they would be lost, so say so while

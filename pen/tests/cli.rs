@@ -33,6 +33,7 @@ fn help_version_and_dash_n_exit_0() {
     let help = run(&["--help"]);
     assert_eq!(help.status.code(), Some(0), "{help:?}");
     assert!(help.stdout.contains("usage:") && help.stdout.contains("--version"));
+    assert!(help.stdout.contains("--check"), "{help:?}");
     let version = run(&["--version"]);
     assert_eq!(version.status.code(), Some(0), "{version:?}");
     assert!(version.stdout.starts_with("pen "), "{version:?}");
@@ -272,5 +273,115 @@ fn bind_failure_message_states_the_os_error_once() {
         1,
         "{:?}",
         out.stderr
+    );
+}
+
+/// `--check` (reliability catalogue B8): the whole configuration is read and checked as a start
+/// would, then pen exits, 0 with a summary on stdout or 1 naming what is wrong. The listen and
+/// control ports are held by the test, so a `--check` that bound anything would fail; the pid
+/// file must never appear.
+#[test]
+fn check_mode_validates_the_configuration_and_binds_nothing() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = held.local_addr().unwrap().to_string();
+    let control = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = control.local_addr().unwrap().to_string();
+    let files = support::tls::Files::new();
+    let pid = files.path("pen.pid");
+    let ca = support::tls::Ca::new("check CA");
+    let cert = files.leaf("site", &ca.server(&["localhost"]));
+    let key = files.path("site.key");
+    let good_cfg = files.write(
+        "good.cfg",
+        "server 1 address 127.0.0.3 port 81\nblacklist 5\n",
+    );
+    let bad_cfg = files.write("bad.cfg", "blacklist 5\nblacklist abc\n");
+    let geoip = files.write("not-a.mmdb", "not a database");
+
+    let good = run(&[
+        "--check",
+        "-p",
+        &pid,
+        "-C",
+        &c,
+        "-F",
+        good_cfg.to_str().unwrap(),
+        &l,
+        "127.0.0.1:80",
+        "127.0.0.2",
+    ]);
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+    assert_eq!(
+        good.stdout.trim(),
+        format!("pen: configuration is valid: TCP on {l}, 2 servers"),
+        "{good:?}"
+    );
+    let tls = run(&[
+        "--check",
+        "-E",
+        &cert.display().to_string(),
+        "-K",
+        &key,
+        &l,
+        "127.0.0.1:80",
+    ]);
+    assert_eq!(tls.status.code(), Some(0), "{tls:?}");
+    assert!(tls.stdout.contains(", TLS"), "{tls:?}");
+
+    let cert_text = cert.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--check", &l, "127.0.0.1:99999"], "99999"),
+        (
+            vec!["--check", "-F", "/nonexistent.cfg", &l, "127.0.0.1"],
+            "/nonexistent.cfg",
+        ),
+        (
+            vec!["--check", "-F", bad_cfg.to_str().unwrap(), &l, "127.0.0.1"],
+            "abc",
+        ),
+        (
+            vec!["--check", "-u", "no-such-user-here", &l, "127.0.0.1"],
+            "no-such-user-here",
+        ),
+        (
+            vec!["--check", "-j", "/nonexistent-jail", &l, "127.0.0.1"],
+            "/nonexistent-jail",
+        ),
+        (
+            vec!["--check", "-g", geoip.to_str().unwrap(), &l, "127.0.0.1"],
+            "not-a.mmdb",
+        ),
+        (
+            vec!["--check", "-E", "/nonexistent.pem", &l, "127.0.0.1"],
+            "/nonexistent.pem",
+        ),
+        // The key does not match the certificate's kind of file: the certificate as its key.
+        (
+            vec![
+                "--check",
+                "-E",
+                &cert_text,
+                "-K",
+                &cert_text,
+                &l,
+                "127.0.0.1",
+            ],
+            "key",
+        ),
+    ];
+    for (args, named) in cases {
+        let mut args = args;
+        args.splice(1..1, ["-p", pid.as_str()]);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with("pen: ") && out.stderr.contains(named),
+            "{args:?}: the message should name {named:?}: {out:?}"
+        );
+        assert_eq!(out.stdout, "", "{args:?}: {out:?}");
+    }
+    assert!(
+        !std::path::Path::new(&pid).exists(),
+        "--check never writes a pid file"
     );
 }
