@@ -492,3 +492,42 @@ fn x_forwarded_proto_says_https_on_tls_connections() {
     drop(session);
     pen.finish();
 }
+
+/// Reliability catalogue S13: a core file can hold the TLS key, so pen must not raise the core
+/// size limit it was given (C pen raises it to the hard maximum: reference bug P9). Started
+/// with a soft limit of 0 under a hard limit of "unlimited", and with its key loaded and a
+/// handshake done, pen still has a soft limit of 0.
+#[test]
+fn pen_does_not_raise_the_core_size_limit_it_was_given() {
+    assert!(
+        std::process::Command::new("prlimit")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "prlimit (util-linux) is needed: .ci/run installs it"
+    );
+    let setup = Setup::new();
+    let echo = Backend::echo();
+    let (cert, key, server) = (setup.cert(), setup.key(), echo.spec());
+    let pen = Pen::spawn(Listen::V4, &["prlimit", "--core=0:unlimited", "--"], |l| {
+        ["-f", "-E", &cert, "-K", &key, l, &server]
+            .map(String::from)
+            .to_vec()
+    });
+    let client = Client::new(&setup.ca, None);
+    let mut session = client.connect(pen.tcp(), "localhost").expect("handshake");
+    assert_eq!(session.ask("key in use\n").unwrap(), "key in use");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pen.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core limit line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(
+        (fields[4], fields[5]),
+        ("0", "unlimited"),
+        "soft and hard core limits: {core}"
+    );
+    drop(session);
+    pen.finish();
+}
