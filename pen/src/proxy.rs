@@ -203,6 +203,10 @@ async fn serve(
         conn: None,
     };
     let mut client = client;
+    if admission == Admission::ClientLimit {
+        client_limit_reached(&shared, peer);
+        return;
+    }
     loop {
         let Admission::Connect {
             conn,
@@ -324,6 +328,19 @@ async fn serve(
             // The balancer already forgot the connection.
             guard.conn = None;
         }
+    }
+}
+
+/// One warning per 5 seconds while clients are held to `client_conn_max`.
+pub(crate) fn client_limit_reached(shared: &Shared, peer: Peer) {
+    static LOG: RateLimit = RateLimit::new();
+    if LOG.allow(Instant::now()) {
+        let (limit, closed) = shared.with(|b| (b.settings.client_conn_max, b.client_limited()));
+        warn!(
+            "{} has client_conn_max ({limit}) connections open: closing its new ones \
+             ({closed} so far)",
+            describe_peer(peer)
+        );
     }
 }
 

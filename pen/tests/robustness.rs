@@ -572,3 +572,65 @@ fn sigterm_as_soon_as_pen_listens_exits_0() {
         "SIGTERM right after listening did not stop pen gracefully: {failures:?}"
     );
 }
+
+/// Reliability catalogue S14: one address opening connection after connection cannot take all
+/// of pen's capacity when `client_conn_max` caps it. With a cap of 20, 200 connections from
+/// 127.0.0.2: 20 are served and stay open, the other 180 are closed at once without reaching
+/// the server; 127.0.0.3 is served meanwhile; when one of the 20 closes, 127.0.0.2 may open one
+/// more; `client_conn_max 0` lifts the cap. Without the option, pen has no per-address limit
+/// (as C pen), only `-x` for everyone.
+#[test]
+fn client_conn_max_keeps_one_address_from_taking_every_connection() {
+    let backend = Backend::named("A");
+    let pen = Controlled::start(&["-o", "client_conn_max 20"], &[backend.spec()]);
+    assert_eq!(pen.ctl("client_conn_max"), "20\n");
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (name, s) = pen.pen.hold_from(2);
+        assert_eq!(name, "A");
+        held.push(s);
+    }
+    let started = Instant::now();
+    let mut turned_away = Vec::new();
+    for _ in 0..180 {
+        let mut s = pen.pen.connect_from(2);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"x");
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("a 21st connection from 127.0.0.2 was not closed: {other:?}"),
+        }
+        turned_away.push(s);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "turned away promptly: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        backend.accepted.load(Ordering::SeqCst),
+        20,
+        "none reached the server"
+    );
+    // Another address is served while 127.0.0.2 is at its cap.
+    let (name, other) = pen.pen.hold_from(3);
+    assert_eq!(name, "A");
+    assert!(pen.pen.stderr_text().contains("client_conn_max (20)"));
+    // One of the 20 closes: room for exactly one more.
+    drop(held.pop());
+    let (name, again) = wait_until("127.0.0.2 served again", Duration::from_secs(5), || {
+        let mut s = pen.pen.connect_from(2);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        ask(&mut s).ok().map(|name| (name, s))
+    });
+    assert_eq!(name, "A");
+    held.push(again);
+    // 0 lifts the cap.
+    assert_eq!(pen.ctl("client_conn_max 0"), "0\n");
+    let (name, extra) = pen.pen.hold_from(2);
+    assert_eq!(name, "A");
+    drop((held, turned_away, other, extra));
+    pen.pen.finish();
+}

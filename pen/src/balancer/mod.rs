@@ -16,6 +16,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -104,6 +105,9 @@ pub struct Settings {
     pub web_stats: Option<Arc<Path>>,
     /// What `-H` does with a client's own X-Forwarded-For and X-Forwarded-Proto.
     pub xff: XffMode,
+    /// `client_conn_max N`: at most N open connections (UDP: sessions) per client address; a
+    /// client at its limit has its new ones closed at once. 0: no limit (pen has none).
+    pub client_conn_max: usize,
 }
 
 impl Default for Settings {
@@ -128,6 +132,7 @@ impl Default for Settings {
             http: false,
             transparent: false,
             source: None,
+            client_conn_max: 0,
             dsr_if: None,
             web_stats: None,
             xff: XffMode::Append,
@@ -233,6 +238,9 @@ pub enum Admission {
     },
     /// No server will take it: close the client.
     Refuse,
+    /// The client already has `client_conn_max` connections open: close this one. The
+    /// balancer kept nothing of it.
+    ClientLimit,
 }
 
 /// The balancer's whole state. Cloned only to try a configuration transaction (a config file
@@ -260,6 +268,11 @@ pub struct Balancer {
     last_conn: usize,
     /// The country database for `country` access-list entries (read once, looked up in memory).
     geoip: Option<Arc<GeoIp>>,
+    /// Open connections per client address (for `client_conn_max`), kept by `insert_conn` and
+    /// `closed`; an address with none has no entry.
+    open_per_client: HashMap<IpAddr, usize>,
+    /// New connections closed by `client_conn_max`, since start.
+    client_limited: u64,
 }
 
 /// pen's default client table size (`-c`).
@@ -282,6 +295,8 @@ impl Balancer {
             conn_max: 0,
             last_conn: 0,
             geoip: None,
+            open_per_client: HashMap::new(),
+            client_limited: 0,
         }
     }
 
@@ -430,6 +445,11 @@ impl Balancer {
     /// never sent to the emergency server (pen 0.34.1 did that when `-B` was not given).
     pub fn admit(&mut self, peer: Peer, now: Instant) -> Admission {
         let key = peer.key();
+        let limit = self.settings.client_conn_max;
+        if limit > 0 && peer.ip.is_some_and(|ip| self.open_by(ip) >= limit) {
+            self.client_limited += 1;
+            return Admission::ClientLimit;
+        }
         if !self.permits(self.settings.client_acl, peer.ip) {
             let id = self.insert_conn(Conn {
                 client: key,
@@ -529,6 +549,16 @@ impl Balancer {
         };
         self.free_conns.push(id.0);
         self.live_conns -= 1;
+        if let ClientKey::Ip(ip) = conn.client {
+            if let std::collections::hash_map::Entry::Occupied(mut open) =
+                self.open_per_client.entry(ip)
+            {
+                *open.get_mut() -= 1;
+                if *open.get() == 0 {
+                    open.remove();
+                }
+            }
+        }
         let (up, down) = (conn.counters.to_server(), conn.counters.to_client());
         if let Some(s) = conn.target.and_then(|t| self.slot_mut(t)) {
             s.conns = s.conns.saturating_sub(1);
@@ -541,6 +571,16 @@ impl Balancer {
         }
     }
 
+    /// Connections (UDP: sessions) open from `ip`.
+    pub fn open_by(&self, ip: IpAddr) -> usize {
+        self.open_per_client.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// New connections closed by `client_conn_max` since start.
+    pub fn client_limited(&self) -> u64 {
+        self.client_limited
+    }
+
     pub fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns.get(id.0).and_then(Option::as_ref)
     }
@@ -551,6 +591,9 @@ impl Balancer {
 
     fn insert_conn(&mut self, conn: Conn) -> ConnId {
         self.live_conns += 1;
+        if let ClientKey::Ip(ip) = conn.client {
+            *self.open_per_client.entry(ip).or_default() += 1;
+        }
         let id = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i] = Some(conn);

@@ -371,7 +371,7 @@ mod tests {
     fn conn(a: &Admission) -> crate::balancer::ConnId {
         match a {
             Admission::Connect { conn, .. } => *conn,
-            Admission::Refuse => panic!("refused"),
+            Admission::Refuse | Admission::ClientLimit => panic!("refused"),
         }
     }
 

@@ -48,7 +48,7 @@ fn port_of(a: &Admission) -> Option<u16> {
 fn conn_of(a: &Admission) -> ConnId {
     match a {
         Admission::Connect { conn, .. } => *conn,
-        Admission::Refuse => panic!("refused"),
+        Admission::Refuse | Admission::ClientLimit => panic!("refused: {a:?}"),
     }
 }
 
@@ -468,4 +468,53 @@ fn tracking_follows_failover_and_stays_after_the_server_returns() {
     assert_eq!(short(&mut b, peer(8), t2), Some(0));
     assert_eq!(short(&mut b, peer(9), t2), Some(1));
     assert_eq!(short(&mut b, peer(7), t2), Some(0));
+}
+
+#[test]
+fn client_conn_max_caps_open_connections_per_client_address() {
+    let now = Instant::now();
+    let mut b = balancer(
+        2,
+        Settings {
+            client_conn_max: 2,
+            ..rr()
+        },
+    );
+    let first = b.admit(peer(1), now);
+    let second = b.admit(
+        Peer {
+            port: 40001,
+            ..peer(1)
+        },
+        now,
+    );
+    assert!(port_of(&first).is_some() && port_of(&second).is_some());
+    // The third from the same address is turned away, whatever its port; the balancer keeps
+    // nothing of it and no server counts it.
+    assert_eq!(b.admit(peer(1), now), Admission::ClientLimit);
+    assert_eq!(b.live_conns, 2);
+    // Another address is not held back, nor a Unix-socket client.
+    assert!(port_of(&b.admit(peer(2), now)).is_some());
+    let unix = Peer { ip: None, port: 0 };
+    assert!(port_of(&b.admit(unix, now)).is_some());
+    assert!(port_of(&b.admit(unix, now)).is_some());
+    assert!(port_of(&b.admit(unix, now)).is_some());
+    // One closes: room for one more, and only one.
+    b.connected(conn_of(&first));
+    b.closed(conn_of(&first));
+    let third = b.admit(peer(1), now);
+    assert!(port_of(&third).is_some());
+    assert_eq!(b.admit(peer(1), now), Admission::ClientLimit);
+    assert_eq!(b.client_limited(), 2);
+    // A connection refused after failing over everywhere gives its place back too.
+    let _ = b.connect_failed(conn_of(&second), now);
+    let refused = b.connect_failed(conn_of(&second), now);
+    assert_eq!(refused, Admission::Refuse, "both servers blacklisted");
+    assert_eq!(b.open_by(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))), 1);
+    // 0 lifts the limit.
+    b.settings.client_conn_max = 0;
+    b.settings.blacklist_time = Duration::ZERO;
+    for _ in 0..5 {
+        assert_ne!(b.admit(peer(1), now), Admission::ClientLimit);
+    }
 }

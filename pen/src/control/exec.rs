@@ -353,6 +353,12 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
             }
             format!("{}\n", s.client_acl)
         }
+        Command::ClientConnMax(v) => {
+            if let Some(v) = v {
+                s.client_conn_max = *v;
+            }
+            format!("{}\n", s.client_conn_max)
+        }
         Command::ControlAcl(v) => {
             if let Some(v) = v {
                 s.control_acl = *v;

@@ -232,6 +232,10 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
         None => out.push_str("no source\n"),
     }
     let _ = writeln!(out, "http_xff {}", s.xff.word());
+    if s.client_conn_max > 0 {
+        // Only when set: pen 0.34.1 does not know the command.
+        let _ = writeln!(out, "client_conn_max {}", s.client_conn_max);
+    }
     match b.geoip() {
         Some(g) => {
             let _ = writeln!(out, "geoip {}", g.path().display());

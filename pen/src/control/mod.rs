@@ -159,6 +159,8 @@ pub enum Command {
     NoAcl(AclId),
     Blacklist(Option<Duration>),
     ClientAcl(Option<AclId>),
+    /// `client_conn_max [N]`: open connections allowed per client address (0: no limit).
+    ClientConnMax(Option<usize>),
     ClientsMax(Option<usize>),
     Close(ConnId),
     Connection(ConnId),

@@ -36,6 +36,10 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
         "acl" => parse_acl(args)?,
         "blacklist" => Command::Blacklist(arg.map(|a| secs("blacklist", a)).transpose()?),
         "client_acl" => Command::ClientAcl(arg.map(|a| acl_id("client_acl", a)).transpose()?),
+        "client_conn_max" => Command::ClientConnMax(
+            arg.map(|a| count("client_conn_max", a, 0, MAX_CONNS))
+                .transpose()?,
+        ),
         "clients_max" => Command::ClientsMax(
             arg.map(|a| count("clients_max", a, 1, MAX_CLIENTS))
                 .transpose()?,

@@ -36,6 +36,10 @@ impl Plane {
             port: client.port(),
         };
         let admission = self.shared.with(|b| b.admit(peer, now));
+        if admission == Admission::ClientLimit {
+            crate::proxy::client_limit_reached(&self.shared, peer);
+            return None;
+        }
         let placed = self.place(admission, now, true)?;
         let token = match placed.token {
             Some(token) => token,
