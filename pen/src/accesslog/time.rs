@@ -8,6 +8,11 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
+/// 01/Jan/0000:00:00:00 +0000 and 01/Jan/10000:00:00:00 +0000: the instants `write_utc` writes
+/// with a four-digit year, so the only ones `parse` accepts.
+const FIRST: i64 = -62_167_219_200;
+const END: i64 = 253_402_300_800;
+
 /// Why a time stamp was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad time stamp: {0}")]
@@ -106,10 +111,19 @@ pub fn parse(stamp: &[u8]) -> Result<i64, TimeError> {
         }
     };
     let days = days_from_civil(year, month as i64, day);
-    Ok(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+    let epoch = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    // A zone (or a leap second) can carry a stamp of year 0000 or 9999 into year -1 or 10000,
+    // which has no four-digit UTC stamp: refusing it means every stamp read can be written out
+    // in UTC (mergelogs' output) and read back.
+    if !(FIRST..END).contains(&epoch) {
+        return Err(TimeError("outside the years 0000-9999 in UTC"));
+    }
+    Ok(epoch)
 }
 
 /// Append `epoch` as a UTC stamp, `dd/Mon/yyyy:HH:MM:SS +0000` (how mergelogs writes times).
+/// A year outside 0000-9999 is written in full (signed, or five digits or more), which `parse`
+/// refuses; `parse` never returns such an epoch.
 pub fn write_utc(out: &mut Vec<u8>, epoch: i64) {
     let (days, secs) = (epoch.div_euclid(86_400), epoch.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -172,6 +186,25 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn stamps_whose_utc_year_has_no_four_digits_are_refused() {
+        // The fuzz target `timestamp` found these: they parsed, but their UTC stamp did not.
+        for bad in [
+            &b"01/Jan/0000:00:30:00 +0100"[..],
+            b"31/Dec/9999:23:30:00 -0100",
+            b"31/Dec/9999:23:59:60 +0000",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse(b"01/Jan/0000:00:00:00 +0000"), Ok(FIRST));
+        assert_eq!(parse(b"01/Jan/0000:00:30:00 -0100"), Ok(FIRST + 5400));
+        assert_eq!(parse(b"31/Dec/9999:23:59:59 +0000"), Ok(END - 1));
+        assert_eq!(utc(FIRST), "01/Jan/0000:00:00:00 +0000");
+        assert_eq!(utc(END - 1), "31/Dec/9999:23:59:59 +0000");
+        assert_eq!(parse(utc(FIRST - 1).as_bytes()).ok(), None);
+        assert_eq!(parse(utc(END).as_bytes()).ok(), None);
     }
 
     #[test]
