@@ -19,14 +19,18 @@ pub enum Framing {
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
-    /// CONNECT or a protocol upgrade: from here on the connection is a tunnel.
-    Tunnel,
 }
 
 /// What parsing the start of the buffer found.
 pub enum Parsed {
     /// A whole head of this many bytes, rewritten into the output, and the framing after it.
-    Complete { len: usize, framing: Framing },
+    /// `switching`: CONNECT or a protocol upgrade; after its body (if any), the connection may
+    /// be a tunnel.
+    Complete {
+        len: usize,
+        framing: Framing,
+        switching: bool,
+    },
     /// Not finished yet.
     Partial,
     /// Not a valid HTTP/1.x request head.
@@ -118,13 +122,14 @@ pub fn parse_and_rewrite(
             ));
         }
     }
-    let framing = if req
+    // A request that asks to switch protocols still has its body read first (RFC 9110
+    // section 7.8, RFC 7540 section 3.2); a server that ignores the Upgrade reads it and then
+    // the next request, so that is where pen must look for one.
+    let switching = req
         .method
         .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
-        || (upgrade_header && connection_upgrade)
-    {
-        Framing::Tunnel
-    } else if chunked {
+        || (upgrade_header && connection_upgrade);
+    let framing = if chunked {
         Framing::Chunked
     } else {
         match length {
@@ -177,7 +182,11 @@ pub fn parse_and_rewrite(
         out.extend_from_slice(eol);
     }
     out.extend_from_slice(&buf[insert_at..len]);
-    Ok(Parsed::Complete { len, framing })
+    Ok(Parsed::Complete {
+        len,
+        framing,
+        switching,
+    })
 }
 
 /// A change to a header line the client sent.
@@ -233,6 +242,36 @@ fn trim(s: &[u8]) -> &[u8] {
 /// request of a connection does not parse. Generous on purpose: anything a lenient server might
 /// still take for a request must not slip past the rewriting unrewritten.
 pub fn looks_like_http1(buf: &[u8]) -> bool {
+    let (rest, line) = first_line(buf);
+    // Text (a TLS ClientHello can carry "http/1.1" in its ALPN list), naming HTTP/1.x.
+    known_method(rest)
+        || (line.iter().all(|b| is_text(*b))
+            && line
+                .windows(6)
+                .any(|w| w[..5].eq_ignore_ascii_case(b"HTTP/") && w[5] != b'2'))
+}
+
+/// Can more bytes still change what `looks_like_http1` says of `buf`? While its first line is
+/// unfinished and text so far, and does not start with a known method: a later byte can name
+/// HTTP/1.x, or turn the line into something else. Deciding on a piece would make the verdict
+/// depend on how the client split its bytes.
+pub fn first_line_undecided(buf: &[u8]) -> bool {
+    let (rest, line) = first_line(buf);
+    line.len() == rest.len() && line.iter().all(|b| is_text(*b)) && !known_method(rest)
+}
+
+/// `buf` after any blank lines, and its first line (without its LF).
+fn first_line(buf: &[u8]) -> (&[u8], &[u8]) {
+    let start = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(buf.len());
+    let rest = &buf[start..];
+    let line = &rest[..rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len())];
+    (rest, line)
+}
+
+fn known_method(rest: &[u8]) -> bool {
     const METHODS: &[&[u8]] = &[
         b"GET ",
         b"HEAD ",
@@ -244,22 +283,11 @@ pub fn looks_like_http1(buf: &[u8]) -> bool {
         b"TRACE ",
         b"CONNECT ",
     ];
-    let start = buf
+    METHODS
         .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(buf.len());
-    let rest = &buf[start..];
-    let line = &rest[..rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len())];
-    let known_method = METHODS
-        .iter()
-        .any(|m| rest.len() >= m.len() && rest[..m.len()].eq_ignore_ascii_case(m));
-    // Text (a TLS ClientHello can carry "http/1.1" in its ALPN list), naming HTTP/1.x.
-    let text = line
-        .iter()
-        .all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r'));
-    known_method
-        || (text
-            && line
-                .windows(6)
-                .any(|w| w[..5].eq_ignore_ascii_case(b"HTTP/") && w[5] != b'2'))
+        .any(|m| rest.len() >= m.len() && rest[..m.len()].eq_ignore_ascii_case(m))
+}
+
+fn is_text(b: u8) -> bool {
+    b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r')
 }

@@ -17,10 +17,11 @@
 //!   Transfer-Encoding other than chunked): the connection is closed and that request is not
 //!   forwarded. Passing it on unrewritten would let a client hide its own X-Forwarded-For from
 //!   pen, and an ambiguous length is how requests are smuggled.
-//! - After CONNECT or a protocol upgrade (`Connection: upgrade` with `Upgrade:`), the rest of
-//!   the connection is passed through untouched (a WebSocket, for instance), unless what
-//!   follows is another HTTP/1.x request: the server refused the switch, and the client must not
-//!   be able to slip an unrewritten request through by asking for one first.
+//! - After CONNECT or a protocol upgrade (`Connection: upgrade` with `Upgrade:`), and its body
+//!   if it has one, the rest of the connection is passed through untouched (a WebSocket, for
+//!   instance), unless what follows is another HTTP/1.x request: the server refused the switch,
+//!   and the client must not be able to slip an unrewritten request through by asking for one
+//!   first.
 
 mod head;
 #[cfg(test)]
@@ -246,22 +247,30 @@ impl Rewriter {
     /// the connection turned out not to be HTTP and `buf` was passed through: then the whole
     /// of `buf`); None while it is unfinished.
     fn parse(&mut self, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, Rejected> {
-        let parsed = head::parse_and_rewrite(buf, &self.client, self.proto, self.mode, out);
+        // Only the first MAX_HEAD bytes are parsed, so that the verdict on a head does not
+        // depend on how many bytes past the limit happened to arrive in the same read.
+        let window = &buf[..buf.len().min(MAX_HEAD)];
+        let parsed = head::parse_and_rewrite(window, &self.client, self.proto, self.mode, out);
         match parsed? {
-            Parsed::Complete { len, framing } => {
+            Parsed::Complete {
+                len,
+                framing,
+                switching,
+            } => {
                 self.requests += 1;
-                self.switching = framing == Framing::Tunnel;
+                self.switching = switching;
                 STATS.requests.fetch_add(1, Ordering::Relaxed);
                 self.state = match framing {
                     Framing::None => State::Head,
                     Framing::Length(n) => State::Body(n),
                     Framing::Chunked => State::ChunkSize,
-                    Framing::Tunnel => State::Head,
                 };
                 Ok(Some(len))
             }
             Parsed::Partial if buf.len() <= MAX_HEAD => Ok(None),
             // Still a valid start of a request after MAX_HEAD bytes: HTTP, too large.
+            // (Bytes past the limit are not looked at: one that would make the head invalid
+            // cannot make it "another protocol" after 64 KiB.)
             Parsed::Partial => Err(Rejected::HeadTooLarge),
             Parsed::Invalid(e) => self.not_a_request(buf, Rejected::Malformed(e), out),
         }
@@ -275,7 +284,17 @@ impl Rewriter {
         reason: Rejected,
         out: &mut Vec<u8>,
     ) -> Result<Option<usize>, Rejected> {
-        if (self.requests == 0 || self.switching) && !head::looks_like_http1(buf) {
+        // Decide on the first MAX_HEAD bytes only: how much more came in the same read must
+        // not change the verdict.
+        let probe = &buf[..buf.len().min(MAX_HEAD)];
+        let may_tunnel = self.requests == 0 || self.switching;
+        if may_tunnel && buf.len() <= MAX_HEAD && head::first_line_undecided(probe) {
+            // An unfinished first line (`FOO  /`, cut by the client before "HTTP/1.1") may
+            // still turn out to be HTTP, or not: wait for the rest of it, as for a partial head.
+            // Deciding on the piece would make the verdict depend on how the bytes were split.
+            return Ok(None);
+        }
+        if may_tunnel && !head::looks_like_http1(probe) {
             if self.requests == 0 {
                 STATS.not_http.fetch_add(1, Ordering::Relaxed);
             }
@@ -306,6 +325,10 @@ impl Rewriter {
         };
         let (line_end, rest) = input.split_at(nl + 1);
         let size = if self.held.is_empty() {
+            // The same limit as for a line that came in pieces.
+            if line_end.len() > MAX_CHUNK_LINE {
+                return Err(Rejected::BadChunk);
+            }
             let size = parse_chunk_size(line_end)?;
             out.extend_from_slice(line_end);
             size
@@ -347,6 +370,12 @@ impl Rewriter {
 
 /// The chunk size of a complete chunk-size line (ending in CRLF).
 fn parse_chunk_size(line: &[u8]) -> Result<u64, Rejected> {
+    // RFC 9112: chunk-size = 1*HEXDIG. httparse reads a line with no digits ("\r\n",
+    // ";ext\r\n") as size 0, the last chunk; a server that refuses it, or reads it otherwise,
+    // would frame what follows differently from pen.
+    if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+        return Err(Rejected::BadChunk);
+    }
     match httparse::parse_chunk_size(line) {
         Ok(httparse::Status::Complete((used, size))) if used == line.len() => Ok(size),
         _ => Err(Rejected::BadChunk),

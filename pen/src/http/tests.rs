@@ -164,7 +164,7 @@ fn bodies_pass_byte_for_byte_and_the_next_request_is_found_after_them() {
 
 #[test]
 fn chunked_bodies_with_extensions_and_trailers_are_followed() {
-    let body = b"5;ext=1\r\nhello\r\n10\r\nGET / HTTP/1.1\r\n\r\n\r\n0\r\nTrailer: x\r\n\r\n";
+    let body = b"5;ext=1\r\nhello\r\n10\r\nGET / HTTP/1.1\r\n\r\n0\r\nTrailer: x\r\n\r\n";
     let input = [
         &b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
         body,
@@ -351,4 +351,90 @@ fn leading_blank_lines_between_requests_pass_through() {
         out.starts_with("\r\nGET / HTTP/1.1\r\nX-Forwarded-Proto"),
         "{out}"
     );
+}
+
+#[test]
+fn a_first_line_is_judged_whole_however_it_is_split() {
+    // Found by the xff_rewriter fuzz target: "GET\t/" or " GET" fail httparse at once, and cut
+    // before "HTTP/1.1" the piece did not look like HTTP, so the whole connection was passed
+    // through unrewritten; in one read it is refused.
+    let next = b"GET /admin HTTP/1.1\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+    for (first, rest) in [
+        (&b"GET\t"[..], &b"/ HTTP/1.1\r\n\r\n"[..]),
+        (b" ", b"GET / HTTP/1.1\r\n\r\n"),
+        (b"FOO  ", b"/ HTTP/1.1\r\n\r\n"),
+    ] {
+        let whole = [first, rest, next].concat();
+        assert!(matches!(run(&[&whole]), Err(Rejected::Malformed(_))));
+        assert_eq!(run(&[first, rest, next]), run(&[&whole]), "{first:?}");
+    }
+    // And the other way round: a line of text naming HTTP/1.1 was refused at once, though a
+    // control byte later in the line makes it another protocol, passed through in one read.
+    let (first, rest) = (&b"FOO / HTTP/1.1 x"[..], &b"\x01\r\n\r\n"[..]);
+    let whole = [first, rest, next].concat();
+    assert_eq!(run(&[&whole]).unwrap(), whole);
+    assert_eq!(run(&[first, rest, next]), run(&[&whole]));
+    // An undecided piece is held like a partial head: passed on unchanged at EOF.
+    assert_eq!(run(&[b"FETCH\t/x"]).unwrap(), b"FETCH\t/x");
+    // Another protocol is still recognised at its first byte.
+    let mut r = rewriter(XffMode::Append);
+    let mut out = Vec::new();
+    r.feed(b"\x16\x03", &mut out).unwrap();
+    assert_eq!(out, b"\x16\x03");
+}
+
+#[test]
+fn chunk_size_lines_need_a_digit_and_fit_the_limit_in_any_read() {
+    // Found by the xff_rewriter fuzz target. httparse reads a line with no digits as the last
+    // chunk; RFC 9112 refuses it.
+    let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for line in [&b"\r\n"[..], b";ext\r\n", b" \r\n", b"\t;x\r\n"] {
+        let input = [&head[..], line, b"\r\nGET / HTTP/1.1\r\n\r\n"].concat();
+        assert_eq!(run(&[&input]), Err(Rejected::BadChunk), "{line:?}");
+    }
+    // A chunk-size line over MAX_CHUNK_LINE was refused when it came in pieces but not when
+    // it came in one read.
+    let mut line = b"1;".to_vec();
+    line.resize(MAX_CHUNK_LINE + 10, b'e');
+    line.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+    let input = [&head[..], &line].concat();
+    assert_eq!(run(&[&input]), Err(Rejected::BadChunk));
+    let (a, b) = input.split_at(head.len() + 100);
+    assert_eq!(run(&[a, b]), Err(Rejected::BadChunk));
+}
+
+#[test]
+fn an_upgrade_request_with_a_body_cannot_smuggle_the_next_request() {
+    // Found by the xff_rewriter fuzz target. A server that ignores Upgrade reads the body and
+    // then the next request; pen took the body for the new protocol and passed everything
+    // after it through, a spoofed X-Forwarded-For included.
+    let body = b"hello\r\n\r\n";
+    let upgrade = format!(
+        "POST / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let next = b"GET /admin HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n";
+    let input = [upgrade.as_bytes(), body, next].concat();
+    let out = String::from_utf8(same_however_split(&input)).unwrap();
+    assert!(
+        out.ends_with("X-Forwarded-For: 10.0.0.1, 127.0.0.21\r\nX-Forwarded-Proto: http\r\n\r\n"),
+        "{out}"
+    );
+    // After the body, the new protocol still passes untouched.
+    let chunked = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let frames = b"\x81\x05hello";
+    let out = run(&[chunked, frames]).unwrap();
+    assert!(out.ends_with(b"0\r\n\r\n\x81\x05hello"));
+}
+
+#[test]
+fn only_the_first_max_head_bytes_decide() {
+    // Found by the xff_rewriter fuzz target: a first line of MAX_HEAD token bytes then a
+    // newline was "another protocol" (passed through) in one read, but "too large" when the
+    // limit was reached before the newline arrived.
+    let mut line = vec![b'`'; MAX_HEAD + 10];
+    line.push(b'\n');
+    assert_eq!(run(&[&line]), Err(Rejected::HeadTooLarge));
+    let (a, b) = line.split_at(MAX_HEAD + 1);
+    assert_eq!(run(&[a, b]), Err(Rejected::HeadTooLarge));
 }
