@@ -111,7 +111,7 @@ pub enum AddrError {
 }
 
 /// The longest path a Unix socket address can hold (sun_path minus its NUL).
-const UNIX_PATH_MAX: usize = 107;
+pub const UNIX_PATH_MAX: usize = 107;
 
 /// Parse a listener address as pen does, plus brackets. No DNS for literals; names resolve.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, AddrError> {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 pub mod browser;
+pub mod fuzz;
 pub mod http;
 pub mod logtools;
 pub mod man;

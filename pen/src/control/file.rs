@@ -89,6 +89,14 @@ fn read_into(
             line: i + 1,
             error: Box::new(error),
         };
+        // The control port refuses a command with a NUL byte as not text; so does a file
+        // (pen 0.34.1 cut the line short there, a path included).
+        if text.contains('\0') {
+            return Err(at(ControlError::Refused {
+                command: "config file",
+                reason: "a NUL byte: not a line of text".into(),
+            }));
+        }
         let command = parse(text).map_err(at)?;
         if let Command::Include(inner) = &command {
             // A relative include is relative to the including file, not to pen's cwd.
@@ -382,6 +390,18 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &link).unwrap();
         let e = read_within(&link, Some(&allowed)).unwrap_err().to_string();
         assert!(e.contains("outside the control_files"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Found by the `config_file` fuzz target: a NUL byte made a server path (or a log file
+    /// name) that could never be used; reliability catalogue B7 wants a `file:line` error.
+    #[test]
+    fn a_line_with_a_nul_byte_is_refused_and_named() {
+        let d = dir();
+        let f = d.join("nul.cfg");
+        std::fs::write(&f, "blacklist 1\nserver 1 address /a\0b\n").unwrap();
+        let e = read(&f).unwrap_err().to_string();
+        assert!(e.contains("nul.cfg:2:") && e.contains("NUL"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

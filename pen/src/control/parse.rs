@@ -352,6 +352,14 @@ fn parse_server(args: &[&str]) -> Result<Command, ControlError> {
         .map(|kv| {
             let (key, value) = (kv[0], kv[1]);
             Ok(match key {
+                // The command line's limit (`sun_path`): a longer path could never connect.
+                "address" if value.contains('/') && value.len() > addr::UNIX_PATH_MAX => {
+                    return Err(bad(
+                        "server",
+                        value,
+                        "a Unix socket path of at most 107 bytes",
+                    ))
+                }
                 "address" if value.contains('/') => {
                     ServerChange::Address(ServerAddress::Unix(value.into()))
                 }
@@ -442,6 +450,24 @@ mod tests {
         for (line, want) in ok {
             assert_eq!(parse(line).unwrap(), want, "{line:?}");
         }
+    }
+
+    /// Found by the `control_stream` fuzz target: the command line refuses a Unix server
+    /// path longer than `sun_path` holds, and so must `server N address`.
+    #[test]
+    fn server_unix_path_has_the_command_line_limit() {
+        let longest = format!("/{}", "x".repeat(106));
+        assert_eq!(
+            parse(&format!("server 0 address {longest}")).unwrap(),
+            Command::Server {
+                index: 0,
+                changes: vec![ServerChange::Address(ServerAddress::Unix(longest.into()))],
+            }
+        );
+        let e = parse(&format!("server 0 address /{}", "x".repeat(107)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 107 bytes"), "{e}");
     }
 
     #[test]
