@@ -120,9 +120,14 @@ impl<'a> WebLine<'a> {
     }
 }
 
-/// The request of a web log line as penlogd sees it: the text inside the first pair of quotes
-/// (the closing quote being the first one not escaped). None without one.
+/// The request of a web log line as penlogd sees it: the request field of a Common or Combined
+/// line, as mergelogs reads it (so an escaped quote in the user field, `us\"er`, is not taken
+/// for the request's); else, for other formats, the text inside the first pair of quotes (the
+/// closing quote being the first one not escaped). None without one.
 pub fn quoted_request(line: &[u8]) -> Option<&[u8]> {
+    if let Ok(web) = WebLine::parse(line) {
+        return Some(web.request);
+    }
     let open = find(line, b'"')?;
     let rest = &line[open + 1..];
     closing_quote(rest).map(|end| &rest[..end])
@@ -147,6 +152,15 @@ mod tests {
 
     fn s(b: &[u8]) -> &str {
         std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn penlogd_reads_the_request_field_past_an_escaped_quote_in_the_user() {
+        let line = b"10.0.0.9 - us\\\"er [14/Nov/2023:22:13:26 +0000] \"GET /x HTTP/1.1\" 200 5\n";
+        assert_eq!(quoted_request(line).map(s), Some("GET /x HTTP/1.1"));
+        // Not a Common line: the first pair of quotes, as before.
+        assert_eq!(quoted_request(b"x \"GET /y\" z").map(s), Some("GET /y"));
+        assert_eq!(quoted_request(b"no quotes"), None);
     }
 
     #[test]
