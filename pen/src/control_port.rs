@@ -59,12 +59,60 @@ pub async fn serve(listener: Listener, admin: Arc<Admin>) {
     }
 }
 
-/// Why a control connection got no command.
-enum Request {
+/// What a control connection's bytes make: one command line, or why there is none.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
     Line(String),
     TooLong,
     NotText,
     Nothing,
+}
+
+impl Request {
+    /// The reply to a request that is not a command; None for a line or for nothing at all.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            Request::TooLong => Some(format!(
+                "control: command longer than {MAX_LINE} bytes; ignored\n"
+            )),
+            Request::NotText => Some("control: command is not text; ignored\n".to_string()),
+            Request::Line(_) | Request::Nothing => None,
+        }
+    }
+}
+
+/// The framing of a control connection, apart from its socket: the bytes of each read go in,
+/// one request comes out, up to the first CR or LF (or EOF), at most `MAX_LINE` bytes.
+#[derive(Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    /// Add one read's bytes; Some once the request is decided (a line end, or too long).
+    pub fn push(&mut self, chunk: &[u8]) -> Option<Request> {
+        self.buf.extend_from_slice(chunk);
+        if let Some(end) = self.buf.iter().position(|&c| c == b'\n' || c == b'\r') {
+            self.buf.truncate(end);
+            return Some(self.finish());
+        }
+        (self.buf.len() > MAX_LINE).then_some(Request::TooLong)
+    }
+
+    /// The request once the client sent EOF (or a line end was found).
+    pub fn finish(&mut self) -> Request {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            return Request::Nothing;
+        }
+        if buf.len() > MAX_LINE {
+            return Request::TooLong;
+        }
+        match String::from_utf8(buf) {
+            Ok(s) if !s.contains('\0') => Request::Line(s),
+            _ => Request::NotText,
+        }
+    }
 }
 
 async fn handle(mut stream: Stream, admin: Arc<Admin>) {
@@ -77,9 +125,8 @@ async fn handle(mut stream: Stream, admin: Arc<Admin>) {
     };
     let reply = match request {
         Request::Line(line) => admin.control_line(line).await,
-        Request::TooLong => format!("control: command longer than {MAX_LINE} bytes; ignored\n"),
-        Request::NotText => "control: command is not text; ignored\n".to_string(),
         Request::Nothing => return,
+        refused => refused.refusal().unwrap_or_default(),
     };
     let write = async {
         stream.write_all(reply.as_bytes()).await?;
@@ -92,33 +139,17 @@ async fn handle(mut stream: Stream, admin: Arc<Admin>) {
 
 /// Read up to the first newline (or EOF), at most `MAX_LINE` bytes.
 async fn read_line(stream: &mut Stream) -> Request {
-    let mut buf = Vec::with_capacity(256);
+    let mut framer = Framer::default();
     let mut chunk = [0u8; 1024];
     loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(n) => n,
+        match stream.read(&mut chunk).await {
+            Ok(0) => return framer.finish(),
+            Ok(n) => {
+                if let Some(request) = framer.push(&chunk[..n]) {
+                    return request;
+                }
+            }
             Err(_) => return Request::Nothing,
-        };
-        if n == 0 {
-            break;
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.iter().position(|&c| c == b'\n' || c == b'\r') {
-            buf.truncate(end);
-            break;
-        }
-        if buf.len() > MAX_LINE {
-            return Request::TooLong;
-        }
-    }
-    if buf.is_empty() {
-        return Request::Nothing;
-    }
-    if buf.len() > MAX_LINE {
-        return Request::TooLong;
-    }
-    match String::from_utf8(buf) {
-        Ok(s) if !s.contains('\0') => Request::Line(s),
-        _ => Request::NotText,
     }
 }

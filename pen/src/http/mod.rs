@@ -24,6 +24,9 @@
 //!   first.
 
 mod head;
+// Which connections count as HTTP: a policy (generous on purpose), shared with the fuzz
+// target's model of the rewriter.
+pub use head::{first_line_undecided, looks_like_http1};
 #[cfg(test)]
 mod tests;
 

@@ -1,9 +1,8 @@
 //! Fuzz target: pen's control port, from the bytes a control client sends to the replies and
 //! the balancer state they leave behind.
 //!
-//! `control_port::read_line` (private, async, on a socket) frames one command per connection;
-//! `Request` and `read_request` below are a line-for-line model of it, fed the same bytes in
-//! different chunkings. Each command then goes through what `Admin::control_line` does, minus
+//! The bytes go through pen's own framing (`control_port::Framer`, what `read_line` runs on the
+//! socket's reads), fed in different chunkings. Each command then goes through what `Admin::control_line` does, minus
 //! the shell's I/O: `control::parse`, `check_origin` for the control port, and
 //! `control::execute` on a real `Balancer` and `HostView`. The actions a command returns
 //! (rebind, open a log, write a file) are checked, never performed, and `listen` is not bound.
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pen::addr::{self, Backend, ListenAddr};
 use pen::balancer::{AclId, Acls, Balancer, Peer, Server, Settings, Target};
 use pen::control::{self, file, Action, Command, Context, ControlError, HostView, Origin, Ssl};
-use pen::control_port::MAX_LINE;
+use pen::control_port::{Framer, Request};
 
 use super::addr::listen_resolves;
 
@@ -111,43 +110,21 @@ fn inside(dir: &Path, path: &Path) -> bool {
         && !path.components().any(|c| matches!(c, Component::ParentDir))
 }
 
-/// What `read_line` makes of one connection's bytes.
-#[derive(Debug, PartialEq, Eq)]
-enum Request {
-    Line(String),
-    TooLong,
-    NotText,
-    Nothing,
-}
-
-/// The model of `control_port::read_line`: `reads` are what successive `read` calls return
-/// (at most 1024 bytes each, as its buffer), an empty read or the end of `reads` is EOF.
+/// What `control_port::read_line` makes of a connection whose successive `read` calls return
+/// `reads` (at most 1024 bytes each, its buffer); an empty read or the end of `reads` is EOF.
+/// The framing is pen's own (`Framer`); only the socket is left out.
 fn read_request<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> Request {
-    let mut buf = Vec::with_capacity(256);
+    let mut framer = Framer::default();
     for chunk in reads {
         assert!(chunk.len() <= 1024, "a read returns at most the buffer");
         if chunk.is_empty() {
             break;
         }
-        buf.extend_from_slice(chunk);
-        if let Some(end) = buf.iter().position(|&c| c == b'\n' || c == b'\r') {
-            buf.truncate(end);
-            break;
-        }
-        if buf.len() > MAX_LINE {
-            return Request::TooLong;
+        if let Some(request) = framer.push(chunk) {
+            return request;
         }
     }
-    if buf.is_empty() {
-        return Request::Nothing;
-    }
-    if buf.len() > MAX_LINE {
-        return Request::TooLong;
-    }
-    match String::from_utf8(buf) {
-        Ok(s) if !s.contains('\0') => Request::Line(s),
-        _ => Request::NotText,
-    }
+    framer.finish()
 }
 
 /// `control_files`: a directory that does not exist, so that `include` can read nothing.
@@ -254,9 +231,8 @@ impl Session {
                 }
                 reply
             }
-            Request::TooLong => format!("control: command longer than {MAX_LINE} bytes; ignored\n"),
-            Request::NotText => "control: command is not text; ignored\n".into(),
             Request::Nothing => return,
+            refused => refused.refusal().unwrap_or_default(),
         };
         self.budget = self.budget.saturating_sub(reply.len());
         self.replies.push(reply);

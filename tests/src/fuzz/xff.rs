@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 use pen::balancer::XffMode;
-use pen::http::{Proto, Rejected, Rewriter, MAX_HEAD};
+use pen::http::{first_line_undecided, looks_like_http1, Proto, Rejected, Rewriter, MAX_HEAD};
 
 /// pen's longest chunk-size line (`http::MAX_CHUNK_LINE`, private there).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -693,48 +693,6 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |p| p + 1);
     &s[start..end]
-}
-
-/// pen's test for "meant as HTTP/1.x" (`http::head::looks_like_http1`, private there): a
-/// known method, or a first line of text naming HTTP/ with a version other than 2.
-fn looks_like_http1(buf: &[u8]) -> bool {
-    let (rest, line) = first_line(buf);
-    known_method(rest)
-        || (line.iter().all(|b| is_text(*b))
-            && line
-                .windows(6)
-                .any(|w| w[..5].eq_ignore_ascii_case(b"HTTP/") && w[5] != b'2'))
-}
-
-/// Whether more bytes could change `looks_like_http1` (`http::head::first_line_undecided`):
-/// the first line is unfinished, text so far, and not a known method.
-fn first_line_undecided(buf: &[u8]) -> bool {
-    let (rest, line) = first_line(buf);
-    line.len() == rest.len() && line.iter().all(|b| is_text(*b)) && !known_method(rest)
-}
-
-/// After any blank lines: the rest, and its first line without the LF.
-fn first_line(buf: &[u8]) -> (&[u8], &[u8]) {
-    let start = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(buf.len());
-    let rest = &buf[start..];
-    (rest, rest.split(|b| *b == b'\n').next().unwrap_or_default())
-}
-
-fn known_method(rest: &[u8]) -> bool {
-    const METHODS: &[&str] = &[
-        "GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "TRACE ", "CONNECT ",
-    ];
-    METHODS.iter().any(|m| {
-        rest.get(..m.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(m.as_bytes()))
-    })
-}
-
-fn is_text(b: u8) -> bool {
-    b.is_ascii_graphic() || matches!(b, b' ' | b'\t' | b'\r')
 }
 
 /// What the start of a buffer is, by httparse's rules.
