@@ -133,6 +133,9 @@ pub struct Rewriter {
     state: State,
     /// An unfinished head or chunk-size line. Empty (no allocation) between requests.
     held: Vec<u8>,
+    /// `held` is a head whose first line has ended (it holds a LF). Kept, not searched for, so
+    /// that a long line sent a byte at a time costs linear time.
+    held_line_ended: bool,
     /// Heads rewritten on this connection.
     requests: u64,
     /// The last request asked to switch protocols (CONNECT, Upgrade): what follows is the new
@@ -149,6 +152,7 @@ impl Rewriter {
             mode,
             state: State::Head,
             held: Vec::new(),
+            held_line_ended: false,
             requests: 0,
             switching: false,
         }
@@ -212,6 +216,7 @@ impl Rewriter {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.held);
         self.held = Vec::new();
+        self.held_line_ended = false;
     }
 
     fn head<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> Result<&'a [u8], Rejected> {
@@ -222,6 +227,7 @@ impl Rewriter {
                 Some(len) => Ok(&input[len..]),
                 None => {
                     self.held.extend_from_slice(input);
+                    self.held_line_ended = input.contains(&b'\n');
                     Ok(&[])
                 }
             };
@@ -234,14 +240,20 @@ impl Rewriter {
         let new = &self.held[from..];
         let may_end =
             new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
-        let first_line = !self.held[..old].contains(&b'\n') && input.contains(&b'\n');
+        let line_ended = input.contains(&b'\n');
+        let first_line = line_ended && !self.held_line_ended;
+        self.held_line_ended |= line_ended;
         if !(may_end || first_line || self.held.len() > MAX_HEAD) {
             return Ok(&[]);
         }
         let held = std::mem::take(&mut self.held);
+        let held_line_ended = std::mem::replace(&mut self.held_line_ended, false);
         match self.parse(&held, out)? {
             Some(len) => self.step(&held[len..], out)?,
-            None => self.held = held,
+            None => {
+                self.held = held;
+                self.held_line_ended = held_line_ended;
+            }
         }
         Ok(&[])
     }

@@ -276,6 +276,19 @@ fn other_protocols_pass_through_untouched() {
             String::from_utf8_lossy(input)
         );
         let (a, b) = input.split_at(3);
+        // Passed on as soon as its first line ends: a protocol whose client then waits for an
+        // answer must not hang.
+        let mut r = rewriter(XffMode::Append);
+        let mut out = Vec::new();
+        for byte in input.chunks(1) {
+            r.feed(byte, &mut out).unwrap();
+        }
+        assert_eq!(
+            out,
+            input,
+            "held back: {:?}",
+            String::from_utf8_lossy(input)
+        );
         assert_eq!(
             run(&[a, b, b"GET / HTTP/1.1\r\n\r\n"]).unwrap(),
             [input, b"GET / HTTP/1.1\r\n\r\n"].concat()
@@ -437,4 +450,38 @@ fn only_the_first_max_head_bytes_decide() {
     assert_eq!(run(&[&line]), Err(Rejected::HeadTooLarge));
     let (a, b) = line.split_at(MAX_HEAD + 1);
     assert_eq!(run(&[a, b]), Err(Rejected::HeadTooLarge));
+}
+
+#[test]
+fn a_target_with_bytes_above_ascii_is_rewritten_whatever_the_method() {
+    // Raw UTF-8 in a path (WebDAV clients send it): a lenient server takes these requests, so
+    // they must not pass unrewritten with the client's own X-Forwarded-For.
+    for method in ["GET", "PROPFIND"] {
+        let input = format!("{method} /caf\u{e9} HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+        let out = String::from_utf8(same_however_split(input.as_bytes())).unwrap();
+        assert!(
+            out.contains("X-Forwarded-For: 1.2.3.4, 127.0.0.21\r\n"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_judged_as_in_one_read() {
+    // A long first line, then headers, one byte per read (the rewriter keeps what it learnt
+    // of the held bytes instead of searching them again on every read).
+    let mut head = b"GET /".to_vec();
+    head.resize(40_000, b'a');
+    head.extend_from_slice(
+        b" HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 9.9.9.9\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    );
+    let bytes: Vec<&[u8]> = head.chunks(1).collect();
+    assert_eq!(run(&bytes), run(&[&head]));
+    assert!(run(&[&head])
+        .unwrap()
+        .ends_with(b"X-Forwarded-For: 127.0.0.21\r\n\r\n"));
+    let mut line = b"GET /".to_vec();
+    line.resize(MAX_HEAD + 10, b'a');
+    let bytes: Vec<&[u8]> = line.chunks(1).collect();
+    assert_eq!(run(&bytes), Err(Rejected::HeadTooLarge));
 }
