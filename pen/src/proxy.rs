@@ -12,7 +12,7 @@ use crate::addr::Backend;
 use crate::balancer::{Admission, Balancer, ConnId, Peer, Target};
 use crate::http::{Proto, Rewriter};
 use crate::net::{self, Listener, Stream};
-use crate::relay::{self, RelayEnd, RelayOptions};
+use crate::relay::{self, RelayEnd, RelayOptions, Side};
 use crate::reqlog::RequestLog;
 use crate::tls::Tls;
 
@@ -283,7 +283,16 @@ async fn serve(
                     biased;
                     end = relayed => match end {
                         RelayEnd::Error(side, e) => {
-                            debug!("connection {}: {side:?} error: {e}", conn.0)
+                            debug!("connection {}: {side:?} error: {e}", conn.0);
+                            // A socket that failed (a reset, a keepalive timeout) ends the other
+                            // side with a reset too: a FIN would make a cut transfer look
+                            // complete. (An `-H` refusal is no socket error: that ends in FINs.)
+                            if e.raw_os_error().is_some() {
+                                match side {
+                                    Side::Server => client.reset_on_close(),
+                                    Side::Client => upstream.reset_on_close(),
+                                }
+                            }
                         }
                         end => {
                             debug!("connection {}: {end:?}", conn.0);

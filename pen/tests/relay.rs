@@ -194,6 +194,56 @@ fn server_reset_mid_stream_closes_that_client_only() {
     pen.finish();
 }
 
+/// Catalogue F5, both ways: a reset on one side is passed on as a reset, after the bytes that
+/// came before it, so the other side can tell a cut transfer from a complete one. (C pen
+/// closes the other side with a FIN.)
+#[test]
+fn a_reset_is_passed_on_as_a_reset_both_ways() {
+    // The server sends part of a reply, then resets.
+    let resetter = Backend::tcp(|mut s| {
+        let mut b = [0u8; 1];
+        if matches!(s.read(&mut b), Ok(1)) {
+            let _ = s.write_all(b"partial");
+            std::thread::sleep(Duration::from_millis(100));
+            s.reset();
+        }
+    });
+    let pen = Pen::start(&[], &[resetter.spec()]);
+    let mut client = pen.connect();
+    client.write_all(b"?").unwrap();
+    let mut partial = [0u8; 7];
+    client.read_exact(&mut partial).unwrap();
+    assert_eq!(&partial, b"partial");
+    assert_eq!(
+        drain(&mut client),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the server's reset reached the client as a clean close"
+    );
+    drop(client);
+    pen.finish();
+
+    // The client sends part of an upload, then resets: the server must see the reset too.
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let sink = Backend::tcp(move |mut s| {
+        let _ = tx.lock().unwrap().send(drain(&mut s));
+    });
+    let pen = Pen::start(&[], &[sink.spec()]);
+    let mut client = pen.connect();
+    client.write_all(&pattern(3, 10_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    client.reset();
+    let seen = rx
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the server's read ended");
+    assert_eq!(
+        seen,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the client's reset reached the server as a clean close"
+    );
+    pen.finish();
+}
+
 #[test]
 fn server_dying_mid_stream_closes_the_client() {
     // The backend writes part of a reply and the whole backend goes away.

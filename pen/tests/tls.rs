@@ -232,14 +232,15 @@ fn silent_clients_time_out_and_free_their_slot() {
     let setup = Setup::new();
     let backend = Backend::named("A");
     let mut pen = setup.pen(&["-x", "1"], &[backend.spec()]);
-    // One connection slot, taken by a client that starts a ClientHello and goes quiet.
+    // One connection slot, taken by a client that starts a ClientHello and goes quiet. The
+    // clock starts before it connects: pen's handshake timeout starts at its accept.
+    let started = Instant::now();
     let mut silent = connect(pen.tcp()).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     silent.write_all(&old_client_hello(0x0303)[..10]).unwrap();
     // The next client waits in the listen backlog until the silent one is dropped.
-    let started = Instant::now();
     let client = Client::new(&setup.ca, None);
     let mut session = client
         .connect_within(pen.tcp(), "localhost", Duration::from_secs(30))
