@@ -17,31 +17,59 @@ use crate::balancer::{Peer, Settings};
 /// A connected stream to a client or a server.
 #[derive(Debug)]
 pub enum Stream {
-    Tcp(TcpStream),
+    Tcp(TcpStream, Nagle),
     Unix(UnixStream),
     /// A client whose TLS handshake completed (`tls::Tls::accept`): reads give plaintext.
     Tls(Box<tokio_rustls::server::TlsStream<Stream>>),
 }
 
+/// When a TCP stream turns Nagle's algorithm off (TCP_NODELAY). Nagle cannot hold back a
+/// socket's first write: Linux delays a small segment only while an earlier small one is
+/// unacknowledged, and none was sent before. So the option is set just before the second write,
+/// and a connection that writes once each way (a request, a response, a close) costs no
+/// setsockopt at all, while one that writes more behaves from then on as if it had been set at
+/// the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nagle {
+    /// Left as the socket has it.
+    Keep,
+    /// Turned off before the second write; true once the first write went out.
+    OffAfterFirstWrite { written: bool },
+    /// Turned off (or found off, under TLS).
+    Off,
+}
+
 impl Stream {
+    /// A TCP stream whose Nagle's algorithm is left as it is.
+    pub fn tcp_stream(s: TcpStream) -> Stream {
+        Stream::Tcp(s, Nagle::Keep)
+    }
+
     /// The socket's descriptor, for the status page.
     pub fn raw_fd(&self) -> i32 {
         use std::os::fd::AsRawFd;
         match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Tcp(s, _) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Tls(s) => s.get_ref().0.raw_fd(),
         }
     }
 
-    /// TCP_NODELAY, best effort: a socket that already died fails the relay anyway.
-    pub fn set_nodelay(&self) {
+    /// TCP_NODELAY, best effort (a socket that already died fails the relay anyway): from the
+    /// second write on for a plain stream (see `Nagle`), at once under TLS, whose handshake
+    /// has already written.
+    pub fn set_nodelay(&mut self) {
         match self {
-            Stream::Tcp(s) => {
-                let _ = s.set_nodelay(true);
+            Stream::Tcp(_, nagle @ Nagle::Keep) => {
+                *nagle = Nagle::OffAfterFirstWrite { written: false }
             }
-            Stream::Unix(_) => {}
-            Stream::Tls(s) => s.get_ref().0.set_nodelay(),
+            Stream::Tcp(..) | Stream::Unix(_) => {}
+            Stream::Tls(s) => {
+                if let Stream::Tcp(s, nagle) = &mut s.get_mut().0 {
+                    let _ = s.set_nodelay(true);
+                    *nagle = Nagle::Off;
+                }
+            }
         }
     }
 
@@ -53,7 +81,7 @@ impl Stream {
     /// The TCP socket underneath, if there is one.
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Tcp(s) => Some(s),
+            Stream::Tcp(s, _) => Some(s),
             Stream::Unix(_) => None,
             Stream::Tls(s) => s.get_ref().0.tcp(),
         }
@@ -89,7 +117,7 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s, _) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             // A client that closes its TCP connection without TLS's close_notify is treated
             // as having sent EOF, as a plain TCP client would be: the relay half-closes towards
@@ -121,7 +149,19 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tcp(s, nagle) => {
+                if *nagle == (Nagle::OffAfterFirstWrite { written: true }) {
+                    let _ = s.set_nodelay(true);
+                    *nagle = Nagle::Off;
+                }
+                let wrote = Pin::new(s).poll_write(cx, buf);
+                if *nagle == (Nagle::OffAfterFirstWrite { written: false })
+                    && matches!(wrote, Poll::Ready(Ok(n)) if n > 0)
+                {
+                    *nagle = Nagle::OffAfterFirstWrite { written: true };
+                }
+                wrote
+            }
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -129,7 +169,7 @@ impl AsyncWrite for Stream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s, _) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
@@ -138,7 +178,7 @@ impl AsyncWrite for Stream {
     /// Half-close: shut down the write side only, so the other direction keeps flowing.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s, _) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
@@ -338,7 +378,7 @@ impl Listener {
                     ip: Some(canonical(sa.ip())),
                     port: sa.port(),
                 };
-                Ok((Stream::Tcp(s), peer))
+                Ok((Stream::tcp_stream(s), peer))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
@@ -395,9 +435,6 @@ pub async fn connect(
             if settings.keepalive {
                 socket.set_keepalive(true)?;
             }
-            if settings.tcp_nodelay {
-                socket.set_nodelay(true)?;
-            }
             match upstream_source(settings, client, *sa) {
                 Ok(None) => {}
                 Ok(Some(local)) => {
@@ -410,7 +447,11 @@ pub async fn connect(
                     warn_source(&format!("{why}; connecting to {sa} from pen's own address"))
                 }
             }
-            Ok(Stream::Tcp(socket.connect(*sa).await?))
+            let mut stream = Stream::tcp_stream(socket.connect(*sa).await?);
+            if settings.tcp_nodelay {
+                stream.set_nodelay();
+            }
+            Ok(stream)
         }
         Backend::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
     }
@@ -554,5 +595,34 @@ mod tests {
             seen_by_server(&settings(Some("192.0.2.1"), false)).await,
             IpAddr::from([127, 0, 0, 1])
         );
+    }
+
+    /// TCP_NODELAY as the socket has it now.
+    fn nodelay(s: &Stream) -> bool {
+        s.tcp().unwrap().nodelay().unwrap()
+    }
+
+    #[tokio::test]
+    async fn tcp_nodelay_goes_on_before_the_second_write_and_never_without_the_setting() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend::Tcp(listener.local_addr().unwrap());
+        for tcp_nodelay in [true, false] {
+            let settings = Settings {
+                tcp_nodelay,
+                ..Settings::default()
+            };
+            let (upstream, accepted) =
+                tokio::join!(connect(&backend, &settings, None), listener.accept());
+            let mut upstream = upstream.unwrap();
+            let _server = accepted.unwrap();
+            assert!(!nodelay(&upstream), "set before any write");
+            upstream.write_all(b"first").await.unwrap();
+            assert!(!nodelay(&upstream), "a single write needs no setsockopt");
+            upstream.write_all(b"second").await.unwrap();
+            assert_eq!(nodelay(&upstream), tcp_nodelay, "tcp_nodelay {tcp_nodelay}");
+            upstream.write_all(b"third").await.unwrap();
+            assert_eq!(nodelay(&upstream), tcp_nodelay);
+        }
     }
 }

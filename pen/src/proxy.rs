@@ -174,7 +174,7 @@ async fn serve(
     _permit: OwnedSemaphorePermit,
     tls: Option<Arc<Tls>>,
 ) {
-    let client = match tls {
+    let mut client = match tls {
         None => client,
         // Boxed: the handshake's state is kilobytes, and a plain TCP connection should not
         // carry (and move) that much room in its task.
@@ -202,7 +202,6 @@ async fn serve(
         shared: &shared,
         conn: None,
     };
-    let mut client = client;
     if admission == Admission::ClientLimit {
         client_limit_reached(&shared, peer);
         return;

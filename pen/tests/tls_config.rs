@@ -40,7 +40,8 @@ impl TlsServer {
                         let tls = tls.clone();
                         tokio::spawn(async move {
                             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let Ok(mut s) = tls.accept(pen::net::Stream::Tcp(tcp)).await else {
+                            let Ok(mut s) = tls.accept(pen::net::Stream::tcp_stream(tcp)).await
+                            else {
                                 return;
                             };
                             let mut b = [0u8; 1];
