@@ -97,6 +97,15 @@ fn read_into(
                 reason: "a NUL byte: not a line of text".into(),
             }));
         }
+        // `lines` took a CR before the LF; one left inside the line would end the command
+        // there and silently drop the rest (pen 0.34.1 did), and a file with CR-only line
+        // endings would be one line of which only the first command ran.
+        if text.contains('\r') {
+            return Err(at(ControlError::Refused {
+                command: "config file",
+                reason: "a carriage return inside the line (a file with CR line endings?)".into(),
+            }));
+        }
         let command = parse(text).map_err(at)?;
         if let Command::Include(inner) = &command {
             // A relative include is relative to the including file, not to pen's cwd.
@@ -402,6 +411,25 @@ mod tests {
         std::fs::write(&f, "blacklist 1\nserver 1 address /a\0b\n").unwrap();
         let e = read(&f).unwrap_err().to_string();
         assert!(e.contains("nul.cfg:2:") && e.contains("NUL"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_carriage_return_inside_a_line_is_refused_and_crlf_files_are_fine() {
+        let d = dir();
+        let f = d.join("cr.cfg");
+        // CR-only line endings: one line, of which only the first command would have run.
+        std::fs::write(&f, "blacklist 1\rtracking 5\rserver 1 address 127.0.0.1\r").unwrap();
+        let e = read(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("cr.cfg:1:") && e.contains("carriage return"),
+            "{e}"
+        );
+        std::fs::write(&f, "blacklist 1\nserver 1 address 127.0.0.1\rport 80\n").unwrap();
+        let e = read(&f).unwrap_err().to_string();
+        assert!(e.contains("cr.cfg:2:"), "{e}");
+        std::fs::write(&f, "blacklist 1\r\ntracking 5\r\n").unwrap();
+        assert_eq!(read(&f).unwrap().len(), 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -369,6 +369,13 @@ fn check_read_error(cache: &mut Lines, top: &Path, e: &ControlError) {
                 assert!(e.to_string().contains("NUL"), "{e}: line {text:?}");
                 return;
             }
+            if text.contains('\r') {
+                assert!(
+                    e.to_string().contains("carriage return"),
+                    "{e}: line {text:?}"
+                );
+                return;
+            }
             match (control::parse(&text), &**error) {
                 (
                     Ok(Command::Include(inner)),
@@ -407,7 +414,8 @@ fn state(b: &Balancer, host: &HostView) -> (State, HostView) {
 ///   to parse with exactly the error given, or is an `include` whose file is refused (checked
 ///   down the include chain).
 /// - A line with a NUL byte is refused, naming it (reliability B7; the control port refuses
-///   such a command as not text), never taken.
+///   such a command as not text), never taken; so is one with a CR left inside it (after the
+///   CR of a CRLF ending), which would end its command there.
 /// - `apply` is a transaction: on error the balancer and host view are unchanged and the error
 ///   names a line of the file; on success there is one reply per command, and every server
 ///   slot has a Unix path of at most 107 bytes, as on the command line.
@@ -437,8 +445,8 @@ pub fn config_file(data: &[u8]) {
         let text = source_line(&mut cache, &l.file, l.line)
             .unwrap_or_else(|| panic!("{}:{}: no such line", l.file, l.line));
         assert!(
-            !text.contains('\0'),
-            "{}:{}: a line with a NUL byte was taken: {text:?}",
+            !text.contains(['\0', '\r']),
+            "{}:{}: a line with a NUL byte or a CR inside was taken: {text:?}",
             l.file,
             l.line
         );
