@@ -30,19 +30,6 @@ fn idle_baseline(pen: &Pen) -> usize {
     stable_fd_count(pen)
 }
 
-/// pen's descriptor count once two reads in a row agree (bounded).
-fn stable_fd_count(pen: &Pen) -> usize {
-    let pid = pen.pid();
-    let mut last = fd_count(pid);
-    poll_until(Duration::from_secs(2), || {
-        let now = fd_count(pid);
-        let stable = now == last;
-        last = now;
-        stable.then_some(now)
-    })
-    .unwrap_or(last)
-}
-
 /// reliability.md L5: out of descriptors, pen pauses accepting (no spin), says so in a
 /// rate-limited message (not one line per client), and serves again once clients leave.
 #[test]

@@ -405,6 +405,19 @@ pub fn tcp_buffer_max() -> Option<(usize, usize)> {
     Some((max("tcp_rmem")?, max("tcp_wmem")?))
 }
 
+/// pen's descriptor count once two reads in a row agree (bounded).
+pub fn stable_fd_count(pen: &Pen) -> usize {
+    let pid = pen.pid();
+    let mut last = fd_count(pid);
+    poll_until(Duration::from_secs(2), || {
+        let now = fd_count(pid);
+        let stable = now == last;
+        last = now;
+        stable.then_some(now)
+    })
+    .unwrap_or(last)
+}
+
 /// Socket inodes the process holds open.
 pub fn socket_inodes(pid: u32) -> Vec<u64> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
