@@ -285,7 +285,7 @@ pub fn execute(
                 } else {
                     "snapshot"
                 },
-                reason: "statistics are answered by the control server".into(),
+                reason: "only the control port answers it: it reports and changes nothing".into(),
             })
         }
         other => unreachable!("{other:?} is a setting, handled above"),

@@ -152,3 +152,15 @@ fn acls_and_server_acls() {
     run(&mut b, "no acl 1").unwrap();
     assert!(b.acls.entries(AclId::new(1).unwrap()).is_empty());
 }
+
+#[test]
+fn status_and_snapshot_outside_the_control_port_are_refused_and_say_why() {
+    let mut b = balancer();
+    for cmd in ["status", "snapshot"] {
+        let e = run(&mut b, cmd).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{cmd}: ")) && e.contains("only the control port answers it"),
+            "{e}"
+        );
+    }
+}
