@@ -418,6 +418,24 @@ pub fn stable_fd_count(pen: &Pen) -> usize {
     .unwrap_or(last)
 }
 
+/// Echo everything `s` sends until its EOF, then half-close.
+pub fn echo_until_eof(mut s: Stream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
 /// Socket inodes the process holds open.
 pub fn socket_inodes(pid: u32) -> Vec<u64> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -1038,21 +1056,7 @@ impl Backend {
 
     /// Echoes everything; half-closes after the peer's EOF.
     pub fn echo() -> Backend {
-        Backend::tcp(|mut s| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-            let _ = s.shutdown(Shutdown::Write);
-        })
+        Backend::tcp(echo_until_eof)
     }
 
     /// Speaks first: writes `text`, then holds the connection until the peer closes.
