@@ -114,6 +114,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         balancer,
         config_actions,
         listen,
+        udp: udp_listen,
         tls,
         replies,
     } = configure(&options, conn_max)?;
@@ -161,11 +162,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         backlog: options.backlog,
         shards: threads,
     };
-    let (bound, udp) = if options.udp {
-        let ListenAddr::Tcp(addr) = &listen else {
-            anyhow::bail!("-U: UDP needs an IP listen address");
-        };
-        let plane = UdpPlane::start(*addr, shared.clone(), NonZeroUsize::MIN.max(conn_max))?;
+    let (bound, udp) = if let Some(addr) = udp_listen {
+        let plane = UdpPlane::start(addr, shared.clone(), NonZeroUsize::MIN.max(conn_max))?;
         (None, Some(plane))
     } else {
         (
@@ -360,6 +358,8 @@ struct Configured {
     /// Actions of `-o` and `-F` commands that run once the control plane is up.
     config_actions: Vec<control::Action>,
     listen: ListenAddr,
+    /// `-U`: the address the UDP plane listens on (an IP listen address is checked for here).
+    udp: Option<SocketAddr>,
     tls: Option<Arc<Tls>>,
     /// What the `-F` file's commands answered (pen prints it on stdout as it starts).
     replies: String,
@@ -398,9 +398,11 @@ fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Config
         .listen
         .clone()
         .context("no listen address: give one on the command line or in the -F file")?;
-    if options.udp && matches!(listen, ListenAddr::Unix(_)) {
-        anyhow::bail!("-U: UDP needs an IP listen address");
-    }
+    let udp = match (&listen, options.udp) {
+        (_, false) => None,
+        (ListenAddr::Tcp(addr), true) => Some(*addr),
+        (ListenAddr::Unix(_), true) => anyhow::bail!("-U: UDP needs an IP listen address"),
+    };
     balancer.set_conn_max(host.conn_max);
     let tls = match tls_options.enabled() {
         true => Some(Arc::new(Tls::new(tls_options).context("TLS")?)),
@@ -411,6 +413,7 @@ fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Config
         balancer,
         config_actions,
         listen,
+        udp,
         tls,
         replies,
     })

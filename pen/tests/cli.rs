@@ -385,3 +385,37 @@ fn check_mode_validates_the_configuration_and_binds_nothing() {
         "--check never writes a pid file"
     );
 }
+
+#[test]
+fn udp_on_a_unix_socket_path_is_refused_before_anything_is_made() {
+    let dir = TempDir::new("udp-unix");
+    let path = dir.join("pen.sock");
+    let listen = path.to_str().unwrap();
+    // On the command line, and from an -F file's `listen`, which only the start can check.
+    let cfg = dir.join("pen.cfg");
+    std::fs::write(&cfg, format!("listen {listen}\n")).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["-f", "-U", listen, "127.0.0.1:53"],
+            "UDP needs IP addresses",
+        ),
+        (
+            vec!["--check", "-U", listen, "127.0.0.1:53"],
+            "UDP needs IP addresses",
+        ),
+        (
+            vec!["-f", "-U", "-F", cfg, "127.0.0.1:53"],
+            "-U: UDP needs an IP listen address",
+        ),
+        (
+            vec!["--check", "-U", "-F", cfg, "127.0.0.1:53"],
+            "-U: UDP needs an IP listen address",
+        ),
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(says), "{args:?}: {out:?}");
+        assert!(!path.exists(), "{args:?} made the socket file");
+    }
+}
