@@ -111,7 +111,16 @@ pub enum AddrError {
 }
 
 /// The longest path a Unix socket address can hold (sun_path minus its NUL).
-pub const UNIX_PATH_MAX: usize = 107;
+const UNIX_PATH_MAX: usize = 107;
+
+/// A Unix socket path (a listen address or server with a `/`): at most `UNIX_PATH_MAX` bytes,
+/// or it could never be bound or connected to.
+pub fn unix_path(s: &str) -> Result<PathBuf, AddrError> {
+    if s.len() > UNIX_PATH_MAX {
+        return Err(AddrError::PathTooLong(s.to_string()));
+    }
+    Ok(PathBuf::from(s))
+}
 
 /// Parse a listener address as pen does, plus brackets. No DNS for literals; names resolve.
 pub fn parse_listen(s: &str) -> Result<ListenAddr, AddrError> {
@@ -119,10 +128,7 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, AddrError> {
         return Err(AddrError::Empty(s.to_string()));
     }
     if s.contains('/') {
-        if s.len() > UNIX_PATH_MAX {
-            return Err(AddrError::PathTooLong(s.to_string()));
-        }
-        return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        return unix_path(s).map(ListenAddr::Unix);
     }
     let (host, port) = split_host_port(s)?;
     let (ip, port) = match port {
@@ -281,10 +287,7 @@ pub fn parse_server(s: &str, default_port: Option<u16>) -> Result<ServerSpec, Ad
     let weight = number(3, "weight")?;
     let prio = number(4, "prio")?;
     let backend = if host.contains('/') {
-        if host.len() > UNIX_PATH_MAX {
-            return Err(AddrError::PathTooLong(host.to_string()));
-        }
-        Backend::Unix(PathBuf::from(host))
+        Backend::Unix(unix_path(host)?)
     } else {
         let port = match fields.first() {
             Some(p) => parse_port(s, p)?,

@@ -352,16 +352,11 @@ fn parse_server(args: &[&str]) -> Result<Command, ControlError> {
         .map(|kv| {
             let (key, value) = (kv[0], kv[1]);
             Ok(match key {
-                // The command line's limit (`sun_path`): a longer path could never connect.
-                "address" if value.contains('/') && value.len() > addr::UNIX_PATH_MAX => {
-                    return Err(bad(
-                        "server",
-                        value,
-                        "a Unix socket path of at most 107 bytes",
-                    ))
-                }
+                // The command line's rule and limit (`sun_path`).
                 "address" if value.contains('/') => {
-                    ServerChange::Address(ServerAddress::Unix(value.into()))
+                    ServerChange::Address(ServerAddress::Unix(addr::unix_path(value).map_err(
+                        |_| bad("server", value, "a Unix socket path of at most 107 bytes"),
+                    )?))
                 }
                 "address" => ServerChange::Address(ServerAddress::Ip(resolve("server", value)?)),
                 "port" => ServerChange::Port(
