@@ -269,7 +269,7 @@ impl Admin {
             }
             Action::Close(id) => {
                 if let Some(c) = self.shared.with(|b| b.conn(id).map(|c| c.counters.clone())) {
-                    c.abort.notify_one();
+                    c.abort.close();
                 }
             }
             Action::Exit => self.exit.notify_one(),

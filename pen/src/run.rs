@@ -337,10 +337,7 @@ const CUT_WAIT: Duration = Duration::from_secs(1);
 async fn cut_open_connections(shared: &Shared) {
     let open: Vec<_> = shared.with(|b| b.conns().map(|(_, c)| c.counters.clone()).collect());
     for counters in open {
-        counters
-            .cut
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        counters.abort.notify_one();
+        counters.abort.cut();
     }
     let deadline = tokio::time::Instant::now() + CUT_WAIT;
     while shared.with(|b| b.live_conns()) > 0 && tokio::time::Instant::now() < deadline {

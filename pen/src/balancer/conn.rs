@@ -1,7 +1,8 @@
 //! One client connection as the balancer tracks it, and the counters the relay updates live.
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use super::{ClientKey, Target};
@@ -21,11 +22,9 @@ pub struct ConnCounters {
     pending_to_server: AtomicU64,
     /// Bytes read from the server and not yet taken by the client (pen's `downn`).
     pending_to_client: AtomicU64,
-    /// The shell's kill switch for `close N`; the balancer never touches it.
-    pub abort: tokio::sync::Notify,
-    /// Set before `abort` when the grace period after TERM is over: the connection ends with a
-    /// reset, so neither side can take the cut for a complete transfer.
-    pub cut: std::sync::atomic::AtomicBool,
+    /// The shell's kill switch (`close N`, the end of the shutdown grace period); the balancer
+    /// never touches it.
+    pub abort: Abort,
 }
 
 impl Default for ConnCounters {
@@ -35,10 +34,67 @@ impl Default for ConnCounters {
             to_client: AtomicU64::new(0),
             client_fd: AtomicI32::new(-1),
             server_fd: AtomicI32::new(-1),
-            abort: tokio::sync::Notify::new(),
-            cut: std::sync::atomic::AtomicBool::new(false),
+            abort: Abort::default(),
             pending_to_server: AtomicU64::new(0),
             pending_to_client: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A kill switch for one connection, fired from the control plane and watched by the
+/// connection's own task. The task checks it on every wake-up, so a check takes no lock: the
+/// waker is stored once, and again only if the task's waker changes.
+#[derive(Debug, Default)]
+pub struct Abort {
+    fired: AtomicBool,
+    /// Fired at the end of the grace period after TERM: the connection ends with a reset, so
+    /// neither side can take the cut for a complete transfer (otherwise: `close N`).
+    cut: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Abort {
+    /// `close N`: end the connection.
+    pub fn close(&self) {
+        self.fire();
+    }
+
+    /// End the connection with resets.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        self.fire();
+    }
+
+    /// Whether it was fired by `cut`.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ready once fired. `registered` is the caller's own copy of the waker it last stored
+    /// here (None at first).
+    pub fn poll(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Poll<()> {
+        if self.fired.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let waker = cx.waker().clone();
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        *registered = Some(waker);
+        // Fired between the first check and the store: `fire` may have found no waker.
+        if self.fired.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -104,4 +160,55 @@ pub struct Conn {
     pub attempts: u32,
     pub counters: Arc<ConnCounters>,
     pub since: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+    fn woken(count: &Count) -> usize {
+        count.0.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn an_abort_wakes_the_last_waker_it_was_polled_with_and_stays_fired() {
+        let abort = Abort::default();
+        let (first, first_waker) = waker();
+        let (second, second_waker) = waker();
+        let mut registered = None;
+        let mut cx = Context::from_waker(&first_waker);
+        assert!(abort.poll(&mut cx, &mut registered).is_pending());
+        assert!(abort.poll(&mut cx, &mut registered).is_pending());
+        // The task's waker changed: the new one must be the one woken.
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(abort.poll(&mut cx, &mut registered).is_pending());
+        abort.close();
+        assert_eq!((woken(&first), woken(&second)), (0, 1));
+        assert!(abort.poll(&mut cx, &mut registered).is_ready());
+        assert!(abort.poll(&mut cx, &mut registered).is_ready());
+        assert!(!abort.is_cut());
+    }
+
+    #[test]
+    fn an_abort_fired_before_its_first_poll_is_seen_and_cut_is_told_apart() {
+        let abort = Abort::default();
+        abort.cut();
+        let (count, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(abort.poll(&mut cx, &mut None).is_ready());
+        assert!(abort.is_cut());
+        assert_eq!(woken(&count), 0);
+    }
 }
