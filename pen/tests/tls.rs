@@ -231,7 +231,15 @@ fn bad_handshakes_are_rejected_without_touching_a_server() {
 fn silent_clients_time_out_and_free_their_slot() {
     let setup = Setup::new();
     let backend = Backend::named("A");
-    let mut pen = setup.pen(&["-x", "1"], &[backend.spec()]);
+    // One data-plane thread: with several, each has a listening socket of its own, and the
+    // second client could be accepted (and take the slot) before the first.
+    let (cert, key) = (setup.cert(), setup.key());
+    let spec = backend.spec();
+    let mut pen = Pen::spawn(Listen::V4, &["env", "PEN_THREADS=1"], |l| {
+        ["-f", "-E", &cert, "-K", &key, "-x", "1", l, &spec]
+            .map(String::from)
+            .to_vec()
+    });
     // One connection slot, taken by a client that starts a ClientHello and goes quiet. The
     // clock starts before it connects: pen's handshake timeout starts at its accept.
     let started = Instant::now();
