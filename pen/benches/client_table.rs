@@ -4,18 +4,19 @@
 //!
 //!     cargo bench -p pen --bench client_table
 //!
-//! Each case admits connections from distinct client addresses (127.x.y.z, so IPv4 like most
-//! of pen's users), connects and closes each at once: `admit` (client-table lookup, server
+//! Each case admits connections from distinct IPv4 client addresses (127.x.y.z), connects and
+//! closes each at once: `admit` (client-table lookup, server
 //! choice, the new client's insertion and, when the table is full, the least recently seen
 //! client's eviction), `connected` and `closed`. Time is passed in, as the daemon does.
 //!
 //! The cases:
 //! - `new clients, table full`: every connection is from a client never seen, into a full
 //!   table, so each one evicts. At 2048 and at 1,000,000 slots.
-//! - `new clients, table filling`: the same into a table with room (no eviction).
+//! - `new clients, table filling`: the same into an empty table; the one of 2048 fills and then
+//!   evicts, the one of a million never does.
 //! - `returning clients`: every client is in the table and comes back (a lookup hit). The
-//!   table of a million spreads over ~100 MB, so its hits miss the CPU cache more: that is
-//!   memory, not the algorithm, and it shows here.
+//!   table of a million spreads over about 150 MiB, so its accesses miss the CPU cache more:
+//!   that is memory, not the algorithm, and it shows here.
 //!
 //! Each figure is the best of several passes (the least disturbed by the rest of the machine).
 //!
@@ -28,10 +29,9 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pen::addr::{Backend, ServerSpec};
 use pen::balancer::{Admission, Balancer, Peer, Settings};
