@@ -1,9 +1,7 @@
 //! The data plane: the accept loop and the life of one client connection, driving the balancer.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
@@ -279,51 +277,43 @@ async fn serve(
                             .await
                     }
                 });
-                // The relay first; the kill switch (`close N`, the end of the shutdown grace
-                // period) is checked without a lock on each wake-up.
-                let end = {
-                    let mut relayed = std::pin::pin!(relayed);
-                    let mut registered = None;
-                    std::future::poll_fn(|cx| {
-                        if let Poll::Ready(end) = relayed.as_mut().poll(cx) {
-                            return Poll::Ready(Some(end));
-                        }
-                        counters.abort.poll(cx, &mut registered).map(|()| None)
-                    })
-                    .await
-                };
-                match end {
-                    Some(RelayEnd::Error(side, e)) => {
-                        debug!("connection {}: {side:?} error: {e}", conn.0);
-                        // A socket that failed (a reset, a keepalive timeout) ends the other
-                        // side with a reset too: a FIN would make a cut transfer look
-                        // complete. (An `-H` refusal is no socket error: that ends in FINs.)
-                        if e.raw_os_error().is_some() {
-                            match side {
-                                Side::Server => client.reset_on_close(),
-                                Side::Client => upstream.reset_on_close(),
+                tokio::select! {
+                    // The relay first: `close N` is rare, and its branch needs no fairness.
+                    // The switch is polled on every wake-up; polling it takes no lock.
+                    biased;
+                    end = relayed => match end {
+                        RelayEnd::Error(side, e) => {
+                            debug!("connection {}: {side:?} error: {e}", conn.0);
+                            // A socket that failed (a reset, a keepalive timeout) ends the other
+                            // side with a reset too: a FIN would make a cut transfer look
+                            // complete. (An `-H` refusal is no socket error: that ends in FINs.)
+                            if e.raw_os_error().is_some() {
+                                match side {
+                                    Side::Server => client.reset_on_close(),
+                                    Side::Client => upstream.reset_on_close(),
+                                }
                             }
                         }
-                    }
-                    Some(end) => {
-                        debug!("connection {}: {end:?}", conn.0);
-                        if client.is_tls() {
-                            // The relay leaves the last FIN to the close; a TLS client also
-                            // expects close_notify before it, or it may take the end of the
-                            // data for a truncation.
-                            let _ =
-                                tokio::time::timeout(CLOSE_NOTIFY_WAIT, client.shutdown()).await;
+                        end => {
+                            debug!("connection {}: {end:?}", conn.0);
+                            if client.is_tls() {
+                                // The relay leaves the last FIN to the close; a TLS client also
+                                // expects close_notify before it, or it may take the end of the
+                                // data for a truncation.
+                                let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, client.shutdown())
+                                    .await;
+                            }
+                        }
+                    },
+                    () = counters.abort.fired() => {
+                        if counters.abort.is_cut() {
+                            info!("connection {}: reset, the shutdown grace period is over", conn.0);
+                            client.reset_on_close();
+                            upstream.reset_on_close();
+                        } else {
+                            info!("connection {}: closed by the control port", conn.0);
                         }
                     }
-                    None if counters.abort.is_cut() => {
-                        info!(
-                            "connection {}: reset, the shutdown grace period is over",
-                            conn.0
-                        );
-                        client.reset_on_close();
-                        upstream.reset_on_close();
-                    }
-                    None => info!("connection {}: closed by the control port", conn.0),
                 }
                 return;
             }

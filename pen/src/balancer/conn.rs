@@ -1,5 +1,7 @@
 //! One client connection as the balancer tracks it, and the counters the relay updates live.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -78,20 +80,44 @@ impl Abort {
         }
     }
 
-    /// Ready once fired. `registered` is the caller's own copy of the waker it last stored
-    /// here (None at first).
-    pub fn poll(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Poll<()> {
-        if self.fired.load(Ordering::Acquire) {
+    /// Completes once fired (at once if it already was). Meant to be polled beside the
+    /// connection's relay on each of its wake-ups: a poll takes no lock unless the task's waker
+    /// changed.
+    pub fn fired(&self) -> Fired<'_> {
+        Fired {
+            abort: self,
+            registered: None,
+        }
+    }
+}
+
+/// The future of `Abort::fired`.
+pub struct Fired<'a> {
+    abort: &'a Abort,
+    /// A copy of the waker last stored in `abort`.
+    registered: Option<Waker>,
+}
+
+impl Future for Fired<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let abort = self.abort;
+        if abort.fired.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
             return Poll::Pending;
         }
         let waker = cx.waker().clone();
-        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
-        *registered = Some(waker);
+        *abort.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+        self.registered = Some(waker);
         // Fired between the first check and the store: `fire` may have found no waker.
-        if self.fired.load(Ordering::Acquire) {
+        if abort.fired.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -187,17 +213,17 @@ mod tests {
         let abort = Abort::default();
         let (first, first_waker) = waker();
         let (second, second_waker) = waker();
-        let mut registered = None;
+        let mut fired = std::pin::pin!(abort.fired());
         let mut cx = Context::from_waker(&first_waker);
-        assert!(abort.poll(&mut cx, &mut registered).is_pending());
-        assert!(abort.poll(&mut cx, &mut registered).is_pending());
+        assert!(fired.as_mut().poll(&mut cx).is_pending());
+        assert!(fired.as_mut().poll(&mut cx).is_pending());
         // The task's waker changed: the new one must be the one woken.
         let mut cx = Context::from_waker(&second_waker);
-        assert!(abort.poll(&mut cx, &mut registered).is_pending());
+        assert!(fired.as_mut().poll(&mut cx).is_pending());
         abort.close();
         assert_eq!((woken(&first), woken(&second)), (0, 1));
-        assert!(abort.poll(&mut cx, &mut registered).is_ready());
-        assert!(abort.poll(&mut cx, &mut registered).is_ready());
+        assert!(fired.as_mut().poll(&mut cx).is_ready());
+        assert!(std::pin::pin!(abort.fired()).poll(&mut cx).is_ready());
         assert!(!abort.is_cut());
     }
 
@@ -207,7 +233,7 @@ mod tests {
         abort.cut();
         let (count, waker) = waker();
         let mut cx = Context::from_waker(&waker);
-        assert!(abort.poll(&mut cx, &mut None).is_ready());
+        assert!(std::pin::pin!(abort.fired()).poll(&mut cx).is_ready());
         assert!(abort.is_cut());
         assert_eq!(woken(&count), 0);
     }
