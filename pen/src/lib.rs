@@ -24,6 +24,7 @@ pub mod control_port;
 pub mod daemon;
 pub mod dsr;
 pub mod dump;
+pub mod engine;
 pub mod geoip;
 pub mod getopt;
 pub mod http;

@@ -438,7 +438,11 @@ pub async fn connect(
             match upstream_source(settings, client, *sa) {
                 Ok(None) => {}
                 Ok(Some(local)) => {
-                    if let Err(e) = bind_source(&socket, local, settings.source.is_none()) {
+                    if let Err(e) = bind_source_socket(
+                        &socket2::SockRef::from(&socket),
+                        local,
+                        settings.source.is_none(),
+                    ) {
                         // As in pen: the connection goes ahead from pen's own address.
                         warn_source(&format!("can't connect to {sa} from {local}: {e}; connecting from pen's own address"));
                     }
@@ -487,20 +491,24 @@ pub fn upstream_source(
 /// connect(), so many connections from one address to different servers share ports as they
 /// would without a bind. A transparent bind (to the client's address, not one of ours) needs
 /// IP_TRANSPARENT, which the kernel honours on IPv6 sockets too.
-fn bind_source(socket: &TcpSocket, local: IpAddr, transparent: bool) -> io::Result<()> {
+pub(crate) fn bind_source_socket(
+    socket: &socket2::Socket,
+    local: IpAddr,
+    transparent: bool,
+) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     if transparent {
-        socket2::SockRef::from(socket).set_ip_transparent(true)?;
+        socket.set_ip_transparent(true)?;
     }
     if local.is_ipv4() {
         // Best effort: without it the bind still works, with a port of its own.
         let _ = setsockopt(socket, sockopt::IpBindAddressNoPort, &true);
     }
-    socket.bind(SocketAddr::new(local, 0))
+    socket.bind(&SocketAddr::new(local, 0).into())
 }
 
 /// One message per 5 seconds about source addresses, however many connections hit it.
-fn warn_source(message: &str) {
+pub(crate) fn warn_source(message: &str) {
     static LOG: crate::proxy::RateLimit = crate::proxy::RateLimit::new();
     if LOG.allow(std::time::Instant::now()) {
         tracing::warn!("{message}");

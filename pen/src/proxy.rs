@@ -93,7 +93,7 @@ impl Default for RateLimit {
 }
 
 /// Running out of descriptors shows in accept and in upstream connects, on every thread.
-static ACCEPT_FAILURE_LOG: RateLimit = RateLimit::new();
+pub(crate) static ACCEPT_FAILURE_LOG: RateLimit = RateLimit::new();
 static LOCAL_FAILURE_LOG: RateLimit = RateLimit::new();
 
 /// Accept clients until the future is dropped. One connection's error never stops the loop;
@@ -158,7 +158,7 @@ pub(crate) fn describe(target: Target) -> String {
 }
 
 /// How logs name a client.
-fn describe_peer(peer: Peer) -> String {
+pub(crate) fn describe_peer(peer: Peer) -> String {
     peer.ip.map_or("a Unix-socket client".to_string(), |ip| {
         format!("client {ip} port {}", peer.port)
     })
@@ -318,26 +318,34 @@ async fn serve(
                 return;
             }
             Ok(Err(e)) if net::is_local_failure(&e) => {
-                if LOCAL_FAILURE_LOG.allow(Instant::now()) {
-                    warn!(
-                        "can't connect to {backend}: {e} (our resources, not the server's fault)"
-                    );
-                }
+                local_failure(&backend, &e, Instant::now());
                 return;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connect timeout".to_string(),
         };
-        info!(
-            "{} ({backend}) failed: {failure}; blacklisting it",
-            describe(target)
-        );
+        log_connect_failure(target, &backend, &failure);
         admission = shared.with(|b| b.connect_failed(conn, Instant::now()));
         if admission == Admission::Refuse {
             // The balancer already forgot the connection.
             guard.conn = None;
         }
     }
+}
+
+/// A connect that failed for want of our own descriptors or memory: no server is blamed.
+pub(crate) fn local_failure(backend: &Backend, e: &std::io::Error, now: Instant) {
+    if LOCAL_FAILURE_LOG.allow(now) {
+        warn!("can't connect to {backend}: {e} (our resources, not the server's fault)");
+    }
+}
+
+/// A connect that failed by the server's fault; the balancer blacklists it next.
+pub(crate) fn log_connect_failure(target: Target, backend: &Backend, failure: &str) {
+    info!(
+        "{} ({backend}) failed: {failure}; blacklisting it",
+        describe(target)
+    );
 }
 
 /// One warning per 5 seconds while clients are held to `client_conn_max`.

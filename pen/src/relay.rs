@@ -21,11 +21,11 @@ use tokio::time::{Instant, Sleep};
 use crate::balancer::{ConnCounters, FastClose};
 
 /// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// Reads per direction before yielding to other tasks, so one fast connection cannot starve the
 /// rest of its worker thread.
-const READS_PER_POLL: usize = 16;
+pub(crate) const READS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::addr::ListenAddr;
 use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
+use crate::engine;
 use crate::net::{BoundListener, ListenShape};
 use crate::proxy::{self, Limits, Shared};
 use crate::tls::Tls;
@@ -65,7 +66,7 @@ pub fn default_conn_max(fd_limit: u64) -> NonZeroUsize {
 
 /// Where the data-plane threads are in their life; the main thread moves them along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
+pub enum Phase {
     Serve,
     /// Stop accepting; let open connections finish.
     Drain,
@@ -208,6 +209,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
+    // Without TLS, each thread runs the epoll engine; with it, a tokio runtime (see `engine`).
+    let on_engine = tls.is_none() && !tokio_plane_asked();
+    let mut mailboxes = Vec::new();
     for i in 0..threads {
         let limits = Limits {
             slots: slots.clone(),
@@ -216,12 +220,26 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
         let listeners = listeners_rx.clone();
         let tls = tls.clone();
-        let worker = std::thread::Builder::new()
-            .name(format!("pen-data-{i}"))
-            .spawn(move || data_plane(i, listeners, shared, limits, tls, phase, ready))
-            .context("can't start a data-plane thread")?;
+        let thread = std::thread::Builder::new().name(format!("pen-data-{i}"));
+        let worker = if on_engine {
+            let mailbox = engine::Mailbox::new().context("can't start a data-plane thread")?;
+            mailboxes.push(mailbox.clone());
+            let setup = engine::Setup {
+                index: i,
+                listeners,
+                shared,
+                limits,
+                phase,
+                mailbox,
+            };
+            thread.spawn(move || engine::run(setup, ready))
+        } else {
+            thread.spawn(move || data_plane(i, listeners, shared, limits, tls, phase, ready))
+        }
+        .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
+    let nudge_all = move || mailboxes.iter().for_each(|m| m.nudge());
     drop(ready_tx);
     for _ in 0..threads {
         ready_rx
@@ -259,6 +277,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 warn!("-F: {}", e.trim_end());
             }
         }
+        // The engines follow `listen` (a new listener, or none) when nudged.
+        let mut listener_changes = listeners_rx.clone();
+        let nudge = nudge_all.clone();
+        tokio::spawn(async move {
+            while listener_changes.changed().await.is_ok() {
+                nudge();
+            }
+        });
         tokio::spawn(crate::idlers::maintain(
             shared.clone(),
             admin.idlers.subscribe(),
@@ -302,6 +328,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         info!("stopping: no new connections; waiting up to {SHUTDOWN_GRACE:?} for open ones");
         let _ = phase_tx.send(Phase::Drain);
+        nudge_all();
         admin.close_listener();
         admin.idlers.send_replace(0);
         // UDP has no connections to wait for: its sessions end with the plane.
@@ -319,6 +346,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     });
     let _ = phase_tx.send(Phase::Exit);
+    nudge_all();
     for worker in workers {
         if worker.join().is_err() {
             warn!("a data-plane thread panicked");
@@ -571,6 +599,12 @@ fn data_threads() -> usize {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| (1..=1024).contains(n))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+}
+
+/// `PEN_PLANE=tokio` runs plain TCP on the tokio plane too, as TLS always does (for
+/// comparisons; the engine is the default).
+fn tokio_plane_asked() -> bool {
+    std::env::var("PEN_PLANE").is_ok_and(|v| v == "tokio")
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.

@@ -1,0 +1,766 @@
+//! The TCP data plane without TLS: one edge-triggered epoll loop per data-plane thread, as C pen
+//! runs one level-triggered loop, instead of a tokio runtime with a task per connection.
+//!
+//! Why: measured on the benchmark's keep-alive load, the kernel's work per request was the same
+//! for pen-rs on tokio and for C pen, and the difference was user space: tokio's per-event
+//! machinery (the driver's readiness dispatch, the task's wake, schedule and poll) cost about
+//! 1.5 µs per request more than C pen's whole loop. A plain loop that reads and writes straight
+//! from the event costs what C pen's does. TLS keeps the tokio plane (`proxy.rs`), where a
+//! handshake's many steps are well served by a task.
+//!
+//! What a connection does here is what `proxy::serve` and `relay::relay` do there, in the same
+//! order and with the same log messages: admit, connect with the `-t` timeout (given up at once
+//! if the client resets), fail over as the balancer says, relay with back-pressure and
+//! half-close, `tcp_fastclose`, the idle timeout, `-H` rewriting, `close N` and the reset at the
+//! end of the shutdown grace period.
+//!
+//! Everything a thread owns stays on it. Other threads reach it only through its `Mailbox`: an
+//! eventfd in its epoll set and a list of tokens, posted by wakers. `close N` wakes the
+//! connection's token through `Abort`, a freed `-x` slot wakes the thread through the
+//! semaphore's waker, and the main thread nudges every thread when the phase or the listener
+//! changes.
+
+mod conn;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use socket2::Socket;
+use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit};
+use tracing::{debug, info, warn};
+
+use crate::balancer::{Admission, Peer};
+use crate::net::{self, BoundListener};
+use crate::proxy::{self, Limits, Shared};
+use crate::relay::{RelayEnd, Side};
+use crate::run::Phase;
+
+use conn::{Conn, Connecting, Relay, Sock, State, Step};
+
+/// Tokens with the top bit set are not connections.
+const LISTENER: u64 = 1 << 63;
+const MAILBOX: u64 = (1 << 63) | 1;
+/// Posted to the mailbox when something other than a connection needs a look.
+const NUDGE: u64 = (1 << 63) | 2;
+/// A timer entry that resumes accepting after descriptors ran out.
+const RESUME_ACCEPT: u64 = (1 << 63) | 3;
+
+/// How long to pause accepting when the process is out of descriptors or memory.
+const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// Events taken per epoll_wait.
+const EVENTS: usize = 256;
+/// The longest sleep without a timer due (the mailbox wakes the loop for anything else).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How other threads wake an engine: tokens posted to a list, and an eventfd in its epoll set.
+pub struct Mailbox {
+    event: EventFd,
+    posted: Mutex<Vec<u64>>,
+}
+
+impl Mailbox {
+    pub fn new() -> io::Result<Arc<Mailbox>> {
+        let event =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Arc::new(Mailbox {
+            event,
+            posted: Mutex::new(Vec::new()),
+        }))
+    }
+
+    fn post(&self, token: u64) {
+        let first = {
+            let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+            posted.push(token);
+            posted.len() == 1
+        };
+        // One eventfd write per batch: the loop takes the whole list when it wakes.
+        if first {
+            let _ = self.event.write(1);
+        }
+    }
+
+    /// Have the engine look at its phase, its listener and the `-x` slots.
+    pub fn nudge(&self) {
+        self.post(NUDGE);
+    }
+
+    fn take(&self) -> Vec<u64> {
+        let _ = self.event.read();
+        std::mem::take(&mut *self.posted.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A waker that posts one token.
+struct TokenWaker {
+    mailbox: Arc<Mailbox>,
+    token: u64,
+}
+
+impl Wake for TokenWaker {
+    fn wake(self: Arc<Self>) {
+        self.mailbox.post(self.token);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.mailbox.post(self.token);
+    }
+}
+
+fn token_waker(mailbox: &Arc<Mailbox>, token: u64) -> Waker {
+    Waker::from(Arc::new(TokenWaker {
+        mailbox: mailbox.clone(),
+        token,
+    }))
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// What the data-plane thread is given.
+pub struct Setup {
+    pub index: usize,
+    pub listeners: watch::Receiver<Option<Arc<BoundListener>>>,
+    pub shared: Arc<Shared>,
+    pub limits: Limits,
+    pub phase: watch::Receiver<Phase>,
+    pub mailbox: Arc<Mailbox>,
+}
+
+/// One slot of the connection table; a token carries the slot's generation, so an event for a
+/// connection that has gone never reaches the one that took its slot.
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Box<Conn>>,
+}
+
+struct Engine {
+    setup: Setup,
+    epoll: Epoll,
+    listener: Option<Socket>,
+    /// The listener has had an edge and has not been found empty since.
+    listener_ready: bool,
+    /// A client accepted while every `-x` slot was taken, waiting for one.
+    waiting: Option<(Socket, Peer)>,
+    acquire: Option<Acquire>,
+    nudge_waker: Waker,
+    accept_paused_until: Option<Instant>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Connections with reads left over from their last turn.
+    again: Vec<u64>,
+    draining: bool,
+}
+
+fn token(slot: u32, generation: u32, server: bool) -> u64 {
+    (u64::from(generation) << 32) | (u64::from(slot) << 1) | u64::from(server)
+}
+
+/// Run the engine on this thread until the phase is `Exit`. `ready` hears once that the
+/// listener is registered (or why not).
+pub fn run(setup: Setup, ready: std::sync::mpsc::Sender<io::Result<()>>) {
+    let engine = match Engine::new(setup) {
+        Ok(engine) => engine,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    engine.serve();
+}
+
+impl Engine {
+    fn new(mut setup: Setup) -> io::Result<Engine> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            setup.mailbox.event.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, MAILBOX),
+        )?;
+        let bound = setup.listeners.borrow_and_update().clone();
+        let bound = bound.ok_or_else(|| io::Error::other("no listener"))?;
+        let nudge_waker = token_waker(&setup.mailbox, NUDGE);
+        let mut engine = Engine {
+            setup,
+            epoll,
+            listener: None,
+            listener_ready: false,
+            waiting: None,
+            acquire: None,
+            nudge_waker,
+            accept_paused_until: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            timers: BinaryHeap::new(),
+            again: Vec::new(),
+            draining: false,
+        };
+        engine.take_listener(&bound)?;
+        Ok(engine)
+    }
+
+    /// Accept on this thread's socket of `bound` from now on.
+    fn take_listener(&mut self, bound: &BoundListener) -> io::Result<()> {
+        let socket = match bound.for_thread(self.setup.index)? {
+            BoundListener::Tcp(mut l) => Socket::from(l.swap_remove(0)),
+            BoundListener::Unix(l) => Socket::from(l),
+        };
+        socket.set_nonblocking(true)?;
+        self.epoll.add(
+            socket.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, LISTENER),
+        )?;
+        self.listener = Some(socket);
+        self.listener_ready = true;
+        Ok(())
+    }
+
+    fn serve(mut self) {
+        let mut events = vec![EpollEvent::empty(); EVENTS];
+        let mut now = Instant::now();
+        loop {
+            let busy = !self.again.is_empty() || (self.listener_ready && self.may_accept(now));
+            let wait = if busy {
+                Duration::ZERO
+            } else {
+                self.timers
+                    .peek()
+                    .map_or(MAX_SLEEP, |Reverse((at, _))| {
+                        at.saturating_duration_since(now)
+                    })
+                    .min(MAX_SLEEP)
+            };
+            // Round up, so a timer is never found a little early and waited for again.
+            let ms = wait.as_micros().div_ceil(1000);
+            let timeout = EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX);
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    warn!("epoll_wait: {e}");
+                    std::thread::sleep(EXHAUSTION_PAUSE);
+                    0
+                }
+            };
+            now = Instant::now();
+            let mut mail = false;
+            for event in &events[..n] {
+                match event.data() {
+                    LISTENER => self.listener_ready = true,
+                    MAILBOX => mail = true,
+                    token => self.on_event(token, event.events(), now),
+                }
+            }
+            if mail {
+                for token in self.setup.mailbox.take() {
+                    if token == NUDGE {
+                        if self.on_nudge(now) {
+                            return self.exit();
+                        }
+                    } else {
+                        self.on_abort(token);
+                    }
+                }
+            }
+            for token in std::mem::take(&mut self.again) {
+                self.drive(token, now);
+            }
+            self.run_timers(now);
+            if self.listener_ready {
+                self.accept(now);
+            }
+        }
+    }
+
+    fn may_accept(&self, now: Instant) -> bool {
+        self.listener.is_some()
+            && self.waiting.is_none()
+            && self.accept_paused_until.is_none_or(|t| now >= t)
+    }
+
+    /// The phase, the listener or the slots may have changed. True when it is time to exit.
+    fn on_nudge(&mut self, now: Instant) -> bool {
+        let phase = *self.setup.phase.borrow();
+        if phase >= Phase::Exit {
+            return true;
+        }
+        if phase >= Phase::Drain && !self.draining {
+            self.draining = true;
+            self.drop_listener();
+            self.waiting = None;
+            self.acquire = None;
+        }
+        if !self.draining && self.setup.listeners.has_changed().unwrap_or(false) {
+            let bound = self.setup.listeners.borrow_and_update().clone();
+            self.drop_listener();
+            match bound {
+                Some(bound) => {
+                    if let Err(e) = self.take_listener(&bound) {
+                        warn!("can't take up the new listener: {e}");
+                    }
+                }
+                None => self.waiting = None,
+            }
+        }
+        self.poll_acquire(now);
+        false
+    }
+
+    /// Stop accepting on this thread's listening socket. Its registration goes explicitly: the
+    /// socket is shared (the main thread, or every thread for a Unix listener, holds a
+    /// descriptor of it), so closing ours would leave it in the epoll set.
+    fn drop_listener(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            let _ = self.epoll.delete(listener.as_fd());
+        }
+        self.listener_ready = false;
+    }
+
+    /// A client is waiting for a `-x` slot: see whether one is free.
+    fn poll_acquire(&mut self, now: Instant) {
+        let Some(acquire) = self.acquire.as_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(&self.nudge_waker);
+        match acquire.as_mut().poll(&mut cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(permit)) => {
+                self.acquire = None;
+                if let Some((socket, peer)) = self.waiting.take() {
+                    self.start(socket, peer, permit, now);
+                }
+            }
+            Poll::Ready(Err(_)) => {
+                // The semaphore was closed: shutting down.
+                self.acquire = None;
+                self.waiting = None;
+            }
+        }
+    }
+
+    /// Accept up to `-m` clients, then let the connections run.
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..self.setup.limits.multi_accept {
+            if !self.may_accept(now) {
+                return;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept4(nix::libc::SOCK_NONBLOCK | nix::libc::SOCK_CLOEXEC) {
+                Ok((socket, addr)) => {
+                    let peer = match addr.as_socket() {
+                        Some(sa) => Peer {
+                            ip: Some(sa.ip().to_canonical()),
+                            port: sa.port(),
+                        },
+                        None => Peer { ip: None, port: 0 },
+                    };
+                    match self.setup.limits.slots.clone().try_acquire_owned() {
+                        Ok(permit) => self.start(socket, peer, permit, now),
+                        Err(tokio::sync::TryAcquireError::NoPermits) => {
+                            self.waiting = Some((socket, peer));
+                            let slots = self.setup.limits.slots.clone();
+                            self.acquire = Some(Box::pin(slots.acquire_owned()));
+                            self.poll_acquire(now);
+                        }
+                        Err(tokio::sync::TryAcquireError::Closed) => return,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready = false;
+                    return;
+                }
+                Err(e) if net::is_local_failure(&e) => {
+                    if proxy::ACCEPT_FAILURE_LOG.allow(now) {
+                        warn!("accept: {e}; pausing new connections until descriptors free up");
+                    }
+                    self.accept_paused_until = Some(now + EXHAUSTION_PAUSE);
+                    self.timers
+                        .push(Reverse((now + EXHAUSTION_PAUSE, RESUME_ACCEPT)));
+                    return;
+                }
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+    }
+
+    /// A new client: register it, then admit it (or answer it, under `dummy`).
+    fn start(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
+        let tcp = peer.ip.is_some();
+        let shared = &self.setup.shared;
+        let (admission, settings) = shared.with(|b| {
+            let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
+            (admission, b.settings.clone())
+        });
+        let mut client = Sock::new(socket, tcp);
+        if settings.tcp_nodelay {
+            client.set_nodelay();
+        }
+        let state = match &admission {
+            None => State::Dummy {
+                deadline: now + conn::dummy_wait(&settings),
+            },
+            Some(Admission::ClientLimit) => {
+                proxy::client_limit_reached(shared, peer);
+                return;
+            }
+            // Replaced by the first connect below.
+            Some(_) => State::Dummy { deadline: now },
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[slot as usize].generation;
+        let client_token = token(slot, generation, false);
+        if let Err(e) = self.epoll.add(client.socket.as_fd(), edge(client_token)) {
+            debug!("can't register {}: {e}", proxy::describe_peer(peer));
+            self.free.push(slot);
+            if let Some(Admission::Connect { conn, .. }) = admission {
+                shared.with(|b| b.closed(conn));
+            }
+            return;
+        }
+        let dummy_deadline = now + conn::dummy_wait(&settings);
+        self.slots[slot as usize].conn = Some(Box::new(Conn {
+            client,
+            peer,
+            settings,
+            state,
+            id: None,
+            _permit: permit,
+        }));
+        match admission {
+            None => self.timers.push(Reverse((dummy_deadline, client_token))),
+            Some(admission) => self.connect(client_token, admission, now),
+        }
+    }
+
+    fn conn(&mut self, token: u64) -> &mut Conn {
+        self.slots[slot_of(token)]
+            .conn
+            .as_deref_mut()
+            .expect("a live connection's token")
+    }
+
+    /// The connection a token names, if it is still the one the token was made for.
+    fn live(&self, token: u64) -> bool {
+        self.slots
+            .get(slot_of(token))
+            .is_some_and(|s| s.generation == (token >> 32) as u32 && s.conn.is_some())
+    }
+
+    /// Connect as the balancer says: the next server, or close the client if there is none.
+    fn connect(&mut self, token: u64, mut admission: Admission, now: Instant) {
+        loop {
+            let Admission::Connect {
+                conn,
+                target,
+                backend,
+            } = admission
+            else {
+                let peer = self.conn(token).peer;
+                info!("no server for {}; closing it", proxy::describe_peer(peer));
+                return self.close(token);
+            };
+            let c = self.conn(token);
+            c.id = Some(conn);
+            let failure = match conn::start_connect(&backend, &c.settings, c.peer.ip) {
+                Ok(server) => {
+                    let server_token = token | 1;
+                    if let Err(e) = self.epoll.add(server.socket.as_fd(), edge(server_token)) {
+                        debug!("can't register the connection to {backend}: {e}");
+                        return self.close(token);
+                    }
+                    let c = self.conn(token);
+                    let deadline = now + c.settings.connect_timeout;
+                    c.state = State::Connecting(Box::new(Connecting {
+                        conn,
+                        target,
+                        backend,
+                        server,
+                        deadline,
+                    }));
+                    self.timers.push(Reverse((deadline, token)));
+                    return;
+                }
+                Err(e) if net::is_local_failure(&e) => {
+                    proxy::local_failure(&backend, &e, now);
+                    return self.close(token);
+                }
+                Err(e) => e.to_string(),
+            };
+            admission = self.connect_failed(token, conn, target, &backend, &failure, now);
+        }
+    }
+
+    /// Blacklist the server and ask the balancer where to go next.
+    fn connect_failed(
+        &mut self,
+        token: u64,
+        conn: crate::balancer::ConnId,
+        target: crate::balancer::Target,
+        backend: &crate::addr::Backend,
+        failure: &str,
+        now: Instant,
+    ) -> Admission {
+        proxy::log_connect_failure(target, backend, failure);
+        let admission = self.setup.shared.with(|b| b.connect_failed(conn, now));
+        if admission == Admission::Refuse {
+            // The balancer already forgot the connection.
+            self.conn(token).id = None;
+        }
+        admission
+    }
+
+    fn on_event(&mut self, token: u64, flags: EpollFlags, now: Instant) {
+        if !self.live(token) {
+            return;
+        }
+        let readable = flags.intersects(EpollFlags::EPOLLIN);
+        let writable = flags.intersects(EpollFlags::EPOLLOUT);
+        let closed =
+            flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        let error = flags.intersects(EpollFlags::EPOLLERR);
+        let server_side = token & 1 == 1;
+        let c = self.conn(token);
+        let server = match &mut c.state {
+            State::Dummy { .. } => None,
+            State::Connecting(connecting) => Some(&mut connecting.server),
+            State::Relaying(relay) => Some(&mut relay.server),
+        };
+        match (server_side, server) {
+            (false, _) => c.client.ready(readable, writable || error, closed),
+            (true, Some(server)) => server.ready(readable, writable || error, closed),
+            (true, None) => return,
+        }
+        if !server_side && error && matches!(c.state, State::Connecting(_)) {
+            // The client reset while its server was slow to answer: it is gone for good.
+            if let State::Connecting(connecting) = &c.state {
+                debug!(
+                    "client {:?} reset the connection while pen connected to {}",
+                    c.peer, connecting.backend
+                );
+            }
+            return self.close(token);
+        }
+        self.drive(token & !1, now);
+    }
+
+    /// Do what the connection's sockets allow now.
+    fn drive(&mut self, token: u64, now: Instant) {
+        if !self.live(token) {
+            return;
+        }
+        let reqlog = &self.setup.shared.reqlog;
+        let c = self.slots[slot_of(token)]
+            .conn
+            .as_deref_mut()
+            .expect("checked live");
+        match &mut c.state {
+            State::Dummy { .. } => {
+                if conn::dummy_step(&mut c.client).is_some() {
+                    self.close(token);
+                }
+            }
+            State::Connecting(connecting) => {
+                if let Some(result) = conn::connect_result(&mut connecting.server) {
+                    self.connected(token, result, now);
+                }
+            }
+            State::Relaying(relay) => match relay.step(&mut c.client, reqlog, now) {
+                Step::Wait => {}
+                Step::Again => self.again.push(token),
+                Step::End(end) => self.relay_ended(token, end),
+            },
+        }
+    }
+
+    /// A connect finished, one way or the other.
+    fn connected(&mut self, token: u64, result: io::Result<()>, now: Instant) {
+        let c = self.conn(token);
+        let State::Connecting(connecting) =
+            std::mem::replace(&mut c.state, State::Dummy { deadline: now })
+        else {
+            return;
+        };
+        let Connecting {
+            conn,
+            target,
+            backend,
+            server,
+            ..
+        } = *connecting;
+        if let Err(e) = result {
+            drop(server);
+            let admission = if net::is_local_failure(&e) {
+                proxy::local_failure(&backend, &e, now);
+                Admission::Refuse
+            } else {
+                self.connect_failed(token, conn, target, &backend, &e.to_string(), now)
+            };
+            return self.connect(token, admission, now);
+        }
+        let counters = self.setup.shared.with(|b| {
+            b.connected(conn);
+            b.conn(conn).map(|c| c.counters.clone())
+        });
+        let Some(counters) = counters else {
+            return self.close(token);
+        };
+        // `close N` and the end of the grace period post this connection's token.
+        let abort_waker = token_waker(&self.setup.mailbox, token);
+        let c = self.conn(token);
+        {
+            use std::os::fd::AsRawFd;
+            counters.set_fds(c.client.socket.as_raw_fd(), server.socket.as_raw_fd());
+        }
+        let fired = {
+            let mut cx = Context::from_waker(&abort_waker);
+            std::pin::pin!(counters.abort.fired())
+                .poll(&mut cx)
+                .is_ready()
+        };
+        let relay = Relay::new(conn, server, counters, &c.settings, &backend, c.peer, now);
+        if !relay.idle.is_zero() {
+            self.timers.push(Reverse((now + relay.idle, token)));
+        }
+        let c = self.conn(token);
+        c.state = State::Relaying(Box::new(relay));
+        if fired {
+            return self.on_abort(token);
+        }
+        self.drive(token, now);
+    }
+
+    fn relay_ended(&mut self, token: u64, end: RelayEnd) {
+        let c = self.conn(token);
+        let State::Relaying(relay) = &c.state else {
+            return;
+        };
+        match end {
+            RelayEnd::Error(side, e) => {
+                debug!("connection {}: {side:?} error: {e}", relay.conn.0);
+                // A socket that failed ends the other side with a reset too (see `proxy`).
+                if e.raw_os_error().is_some() {
+                    match side {
+                        Side::Server => c.client.reset_on_close(),
+                        Side::Client => relay.server.reset_on_close(),
+                    }
+                }
+            }
+            end => debug!("connection {}: {end:?}", relay.conn.0),
+        }
+        self.close(token);
+    }
+
+    /// `close N`, or the end of the shutdown grace period.
+    fn on_abort(&mut self, token: u64) {
+        if !self.live(token) {
+            return;
+        }
+        let c = self.conn(token);
+        let State::Relaying(relay) = &c.state else {
+            return;
+        };
+        if relay.counters.abort.is_cut() {
+            info!(
+                "connection {}: reset, the shutdown grace period is over",
+                relay.conn.0
+            );
+            c.client.reset_on_close();
+            relay.server.reset_on_close();
+        } else {
+            info!("connection {}: closed by the control port", relay.conn.0);
+        }
+        self.close(token);
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, token))) = self.timers.peek() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            if token == RESUME_ACCEPT {
+                self.accept_paused_until = None;
+                continue;
+            }
+            if !self.live(token) {
+                continue;
+            }
+            let c = self.conn(token);
+            match &mut c.state {
+                State::Dummy { deadline } if now >= *deadline => self.close(token),
+                State::Dummy { .. } => {}
+                State::Connecting(connecting) if now >= connecting.deadline => {
+                    let (conn, target, backend) = (
+                        connecting.conn,
+                        connecting.target,
+                        connecting.backend.clone(),
+                    );
+                    c.state = State::Dummy { deadline: now };
+                    let admission =
+                        self.connect_failed(token, conn, target, &backend, "connect timeout", now);
+                    self.connect(token, admission, now);
+                }
+                State::Connecting(_) => {}
+                State::Relaying(relay) if !relay.idle.is_zero() => {
+                    let due = relay.last_activity + relay.idle;
+                    if now >= due {
+                        self.relay_ended(token, RelayEnd::Idle);
+                    } else {
+                        self.timers.push(Reverse((due, token)));
+                    }
+                }
+                State::Relaying(_) => {}
+            }
+        }
+    }
+
+    /// End a connection: release it in the balancer and close its sockets.
+    fn close(&mut self, token: u64) {
+        let slot = &mut self.slots[slot_of(token)];
+        let Some(conn) = slot.conn.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(slot_of(token) as u32);
+        if let Some(id) = conn.id {
+            self.setup.shared.with(|b| b.closed(id));
+        }
+    }
+
+    /// The grace period is over: drop whatever is still open.
+    fn exit(mut self) {
+        for i in 0..self.slots.len() {
+            let generation = self.slots[i].generation;
+            self.close(token(i as u32, generation, false));
+        }
+    }
+}
+
+fn slot_of(token: u64) -> usize {
+    ((token & 0xffff_ffff) >> 1) as usize
+}
+
+/// Edge-triggered interest in everything a connection's socket can report.
+fn edge(token: u64) -> EpollEvent {
+    EpollEvent::new(
+        EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
+        token,
+    )
+}
