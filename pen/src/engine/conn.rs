@@ -161,6 +161,10 @@ pub(super) fn start_connect(
 
 /// How a pending connect stands, once its socket has reported an event.
 pub(super) fn connect_result(server: &mut Sock) -> Option<io::Result<()>> {
+    if !server.writable && !server.closed {
+        // No event from the server's socket yet (the client's woke the connection).
+        return None;
+    }
     match server.socket.take_error() {
         Ok(Some(e)) | Err(e) => Some(Err(e)),
         Ok(None) if server.writable => Some(Ok(())),
