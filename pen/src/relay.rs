@@ -21,11 +21,11 @@ use tokio::time::{Instant, Sleep};
 use crate::balancer::{ConnCounters, FastClose};
 
 /// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
-pub(crate) const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 /// Reads per direction before yielding to other tasks, so one fast connection cannot starve the
 /// rest of its worker thread.
-pub(crate) const READS_PER_POLL: usize = 16;
+const READS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
@@ -253,6 +253,88 @@ fn zero_write() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "peer accepted no bytes")
 }
 
+/// Both directions of one relay, without the idle timeout (which each data plane keeps with its
+/// own timers): the tokio plane polls it from a task, the epoll engine from readiness events.
+#[derive(Default)]
+pub struct Pumps {
+    /// Client to server.
+    up: Half,
+    /// Server to client.
+    down: Half,
+}
+
+impl Pumps {
+    /// Move what the streams allow, both ways. Ready when the relay is over: both directions
+    /// ended, one failed (blaming the side whose socket it was), or fast-close applies.
+    /// Pending otherwise, each stream having registered for what it waits on; a direction that
+    /// used its reads for this turn with more to read wakes `cx` before returning. `progress`
+    /// is set when any byte moved.
+    #[allow(clippy::too_many_arguments)]
+    pub fn poll_step<C, S, X>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        server: &mut S,
+        counters: &ConnCounters,
+        fastclose: FastClose,
+        from_client: impl Fn(&[u8]),
+        rewrite: &mut X,
+        progress: &mut bool,
+    ) -> Poll<RelayEnd>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+        X: Rewrite,
+    {
+        let (up, down) = (&mut self.up, &mut self.down);
+        let up_state = up.poll_pump(
+            down.done,
+            cx,
+            client,
+            server,
+            &from_client,
+            |n| counters.add_to_server(n),
+            progress,
+            rewrite,
+        );
+        if let Poll::Ready(Err((from_src, e))) = up_state {
+            let side = if from_src { Side::Client } else { Side::Server };
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        let down_state = down.poll_pump(
+            up.done,
+            cx,
+            server,
+            client,
+            |_| {},
+            |n| counters.add_to_client(n),
+            progress,
+            &mut Verbatim,
+        );
+        if let Poll::Ready(Err((from_src, e))) = down_state {
+            let side = if from_src { Side::Server } else { Side::Client };
+            return Poll::Ready(RelayEnd::Error(side, e));
+        }
+        counters.set_pending(
+            up.pending.len() - up.written,
+            down.pending.len() - down.written,
+        );
+        if up.done && down.done {
+            return Poll::Ready(RelayEnd::Done);
+        }
+        let fast = match fastclose {
+            FastClose::Off => false,
+            FastClose::Up => down.done,
+            FastClose::Down => up.done,
+            FastClose::Both => up.done || down.done,
+        };
+        if fast {
+            return Poll::Ready(RelayEnd::FastClose);
+        }
+        Poll::Pending
+    }
+}
+
 /// Relay until both directions end, one fails, fast-close applies, or the idle timeout fires.
 /// The caller must close both streams when it returns: the last direction to end is not shut
 /// down separately, because that close sends its FIN. `from_client` sees every chunk read from
@@ -294,8 +376,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     X: Rewrite,
 {
-    let mut up = Half::default(); // client -> server
-    let mut down = Half::default(); // server -> client
+    let mut pumps = Pumps::default();
     let idle = options.idle_timeout;
     let mut last_activity = Instant::now();
     let mut timer: Option<Pin<Box<Sleep>>> =
@@ -303,49 +384,18 @@ where
 
     poll_fn(|cx| {
         let mut progress = false;
-        let up_state = up.poll_pump(
-            down.done,
+        let step = pumps.poll_step(
             cx,
             client,
             server,
+            counters,
+            options.fastclose,
             &from_client,
-            |n| counters.add_to_server(n),
-            &mut progress,
             rewrite,
-        );
-        if let Poll::Ready(Err((from_src, e))) = up_state {
-            let side = if from_src { Side::Client } else { Side::Server };
-            return Poll::Ready(RelayEnd::Error(side, e));
-        }
-        let down_state = down.poll_pump(
-            up.done,
-            cx,
-            server,
-            client,
-            |_| {},
-            |n| counters.add_to_client(n),
             &mut progress,
-            &mut Verbatim,
         );
-        if let Poll::Ready(Err((from_src, e))) = down_state {
-            let side = if from_src { Side::Server } else { Side::Client };
-            return Poll::Ready(RelayEnd::Error(side, e));
-        }
-        counters.set_pending(
-            up.pending.len() - up.written,
-            down.pending.len() - down.written,
-        );
-        if up.done && down.done {
-            return Poll::Ready(RelayEnd::Done);
-        }
-        let fast = match options.fastclose {
-            FastClose::Off => false,
-            FastClose::Up => down.done,
-            FastClose::Down => up.done,
-            FastClose::Both => up.done || down.done,
-        };
-        if fast {
-            return Poll::Ready(RelayEnd::FastClose);
+        if step.is_ready() {
+            return step;
         }
         if let Some(timer) = timer.as_mut() {
             if progress {

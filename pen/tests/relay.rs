@@ -40,6 +40,17 @@ fn read_all(s: &mut impl Read) -> Vec<u8> {
 
 #[test]
 fn eight_mib_each_way_at_once_byte_exact() {
+    eight_mib_each_way(&[]);
+}
+
+/// TLS connections run on the tokio plane; `PEN_PLANE=tokio` puts plain TCP there too (for
+/// comparisons), and it relays the same.
+#[test]
+fn the_tokio_plane_relays_eight_mib_each_way_too() {
+    eight_mib_each_way(&["env", "PEN_PLANE=tokio"]);
+}
+
+fn eight_mib_each_way(wrapper: &[&str]) {
     let up = pattern(1, 8 * MIB);
     let down = pattern(2, 8 * MIB);
     let (tx, rx) = channel::<Vec<u8>>();
@@ -54,7 +65,9 @@ fn eight_mib_each_way_at_once_byte_exact() {
         let _ = w.join();
         let _ = tx.lock().unwrap().send(got);
     });
-    let pen = Pen::start(&[], &[backend.spec()]);
+    let pen = Pen::spawn(Listen::V4, wrapper, |l| {
+        vec!["-f".to_string(), l.to_string(), backend.spec()]
+    });
     let mut client = pen.connect();
     let mut writer = client.try_clone().unwrap();
     let up_for_writer = up.clone();

@@ -3,10 +3,15 @@
 //! what the sockets allow now and says what it is waiting for; the engine calls again when
 //! epoll reports readiness.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -14,7 +19,7 @@ use crate::addr::Backend;
 use crate::balancer::{ConnCounters, ConnId, FastClose, Peer, Settings, Target};
 use crate::http::{Proto, Rewriter};
 use crate::net::{bind_source_socket, upstream_source, warn_source, Nagle};
-use crate::relay::{RelayEnd, Rewrite, Side, CHUNK, READS_PER_POLL};
+use crate::relay::{Pumps, RelayEnd, Verbatim};
 use crate::reqlog::RequestLog;
 
 /// A socket and what epoll last told of it (edge-triggered: a flag stays set until a call
@@ -111,6 +116,51 @@ fn zero_write() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "peer accepted no bytes")
 }
 
+/// The relay (`relay::Pumps`) drives a `Sock` as it drives a tokio stream: Pending means "wait
+/// for epoll", which the engine does; nothing is registered with the context.
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.can_read() {
+            match this.read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().write_now(data) {
+            Ok(0) if !data.is_empty() => Poll::Pending,
+            result => Poll::Ready(result),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
 /// Start a non-blocking connect to `backend` with the socket options the settings ask for
 /// (as `net::connect` does on tokio). The socket is writable once the connect has finished;
 /// `connect_result` then says how.
@@ -205,8 +255,7 @@ pub(super) struct Conn {
 pub(super) struct Relay {
     pub conn: ConnId,
     pub server: Sock,
-    up: Half,
-    down: Half,
+    pumps: Pumps,
     pub counters: Arc<ConnCounters>,
     rewriter: Option<Rewriter>,
     pub idle: Duration,
@@ -226,6 +275,23 @@ pub(super) enum Step {
     End(RelayEnd),
 }
 
+thread_local! {
+    /// Set when a relay step wants to run again (`Pumps` wakes its context then).
+    static AGAIN: Cell<bool> = const { Cell::new(false) };
+    static AGAIN_WAKER: Waker = Waker::from(Arc::new(SetAgain));
+}
+
+struct SetAgain;
+
+impl Wake for SetAgain {
+    fn wake(self: Arc<Self>) {
+        AGAIN.set(true);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        AGAIN.set(true);
+    }
+}
+
 impl Relay {
     pub fn new(
         conn: ConnId,
@@ -239,8 +305,7 @@ impl Relay {
         Relay {
             conn,
             server,
-            up: Half::default(),
-            down: Half::default(),
+            pumps: Pumps::default(),
             counters,
             rewriter: settings
                 .http
@@ -260,185 +325,42 @@ impl Relay {
     pub fn step(&mut self, client: &mut Sock, reqlog: &RequestLog, now: Instant) -> Step {
         let mut progress = false;
         let tap = reqlog.tap(self.client_ip, self.server_ip);
-        let counters = &*self.counters;
-        let up = self.up.pump(
-            self.down.done,
-            client,
-            &mut self.server,
-            |data| tap.chunk(data),
-            |n| counters.add_to_server(n),
-            &mut progress,
-            self.rewriter.as_mut(),
-        );
-        let up = match up {
-            Ok(step) => step,
-            Err((from_src, e)) => {
-                let side = if from_src { Side::Client } else { Side::Server };
-                return Step::End(RelayEnd::Error(side, e));
+        let from_client = |data: &[u8]| tap.chunk(data);
+        AGAIN.set(false);
+        let step = AGAIN_WAKER.with(|waker| {
+            let mut cx = Context::from_waker(waker);
+            let (pumps, server, counters) = (&mut self.pumps, &mut self.server, &*self.counters);
+            match self.rewriter.as_mut() {
+                Some(rewriter) => pumps.poll_step(
+                    &mut cx,
+                    client,
+                    server,
+                    counters,
+                    self.fastclose,
+                    from_client,
+                    rewriter,
+                    &mut progress,
+                ),
+                None => pumps.poll_step(
+                    &mut cx,
+                    client,
+                    server,
+                    counters,
+                    self.fastclose,
+                    from_client,
+                    &mut Verbatim,
+                    &mut progress,
+                ),
             }
-        };
-        let down = self.down.pump(
-            self.up.done,
-            &mut self.server,
-            client,
-            |_| {},
-            |n| counters.add_to_client(n),
-            &mut progress,
-            None::<&mut Rewriter>,
-        );
-        let down = match down {
-            Ok(step) => step,
-            Err((from_src, e)) => {
-                let side = if from_src { Side::Server } else { Side::Client };
-                return Step::End(RelayEnd::Error(side, e));
-            }
-        };
-        counters.set_pending(self.up.pending_len(), self.down.pending_len());
-        if self.up.done && self.down.done {
-            return Step::End(RelayEnd::Done);
-        }
-        let fast = match self.fastclose {
-            FastClose::Off => false,
-            FastClose::Up => self.down.done,
-            FastClose::Down => self.up.done,
-            FastClose::Both => self.up.done || self.down.done,
-        };
-        if fast {
-            return Step::End(RelayEnd::FastClose);
-        }
+        });
         if progress {
             self.last_activity = now;
         }
-        if up || down {
-            Step::Again
-        } else {
-            Step::Wait
+        match step {
+            Poll::Ready(end) => Step::End(end),
+            Poll::Pending if AGAIN.get() => Step::Again,
+            Poll::Pending => Step::Wait,
         }
-    }
-}
-
-/// One direction: reads from `src`, writes to `dst` (`relay::Half`, on plain sockets).
-#[derive(Default)]
-struct Half {
-    /// Bytes read but not yet written (only when the destination pushed back).
-    pending: Vec<u8>,
-    written: usize,
-    eof: bool,
-    /// EOF was forwarded (the destination's write half is shut down).
-    done: bool,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; CHUNK].into_boxed_slice());
-    static REWRITTEN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Half {
-    fn pending_len(&self) -> usize {
-        self.pending.len() - self.written
-    }
-
-    /// Move bytes until a socket would block. Ok(true) if the read budget ran out with more to
-    /// read. The error's bool says whether it came from the source.
-    #[allow(clippy::too_many_arguments)]
-    fn pump<X: Rewrite>(
-        &mut self,
-        other_done: bool,
-        src: &mut Sock,
-        dst: &mut Sock,
-        seen: impl Fn(&[u8]),
-        count: impl Fn(usize),
-        progress: &mut bool,
-        mut rewrite: Option<&mut X>,
-    ) -> Result<bool, (bool, io::Error)> {
-        if self.done {
-            return Ok(false);
-        }
-        for _ in 0..READS_PER_POLL {
-            if self.written < self.pending.len() {
-                let n = dst
-                    .write_now(&self.pending[self.written..])
-                    .map_err(|e| (false, e))?;
-                self.written += n;
-                *progress |= n > 0;
-                if self.written < self.pending.len() {
-                    return Ok(false);
-                }
-            }
-            if self.pending.capacity() != 0 {
-                // Drained: give the buffer back, so an idle connection holds none.
-                self.pending = Vec::new();
-            }
-            self.written = 0;
-            if self.eof && other_done {
-                // The last direction to end: the close that follows sends the FIN.
-                self.done = true;
-                return Ok(false);
-            }
-            if self.eof {
-                return match dst.socket.shutdown(std::net::Shutdown::Write) {
-                    Ok(()) => {
-                        self.done = true;
-                        Ok(false)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                        self.done = true;
-                        Ok(false)
-                    }
-                    Err(e) => Err((false, e)),
-                };
-            }
-            if !src.can_read() {
-                return Ok(false);
-            }
-            let moved = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let n = match src.read(&mut scratch[..]) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-                    Err(e) => return Err((true, e)),
-                };
-                if n == 0 {
-                    self.eof = true;
-                    if let Some(rewrite) = rewrite.as_deref_mut() {
-                        // Held-back bytes go out before the EOF is forwarded.
-                        rewrite.finish(&mut self.pending);
-                        count(self.pending.len());
-                    }
-                    return Ok(true);
-                }
-                let data = &scratch[..n];
-                *progress = true;
-                seen(data);
-                crate::dump::chunk(data);
-                match rewrite.as_deref_mut() {
-                    Some(rewrite) => REWRITTEN.with(|out| {
-                        let mut out = out.borrow_mut();
-                        out.clear();
-                        let result = rewrite.rewrite(data, &mut out);
-                        count(out.len());
-                        let sent = dst.write_now(&out).map_err(|e| (false, e))?;
-                        self.pending.extend_from_slice(&out[sent..]);
-                        result.map_err(|e| (true, e))?;
-                        Ok(true)
-                    }),
-                    None => {
-                        count(n);
-                        let sent = dst.write_now(data).map_err(|e| (false, e))?;
-                        self.pending.extend_from_slice(&data[sent..]);
-                        Ok(true)
-                    }
-                }
-            })?;
-            if !moved {
-                return Ok(false);
-            }
-        }
-        // Budget used up with more to read: the engine comes back after the other
-        // connections had their turn.
-        Ok(src.can_read() || self.written < self.pending.len())
     }
 }
 
@@ -472,5 +394,135 @@ pub(super) fn dummy_wait(settings: &Settings) -> Duration {
         Duration::from_secs(60)
     } else {
         settings.idle_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A socket pair: the peer's end (blocking, for the test) and pen's (non-blocking).
+    fn pair() -> (UnixStream, Sock) {
+        let (peer, ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (peer, Sock::new(Socket::from(ours), false))
+    }
+
+    fn relay(server: Sock, now: Instant) -> Relay {
+        let backend = Backend::Unix("/nonexistent".into());
+        let peer = Peer { ip: None, port: 0 };
+        Relay::new(
+            ConnId(0),
+            server,
+            Arc::new(ConnCounters::default()),
+            &Settings::default(),
+            &backend,
+            peer,
+            now,
+        )
+    }
+
+    fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn at_eof(s: &mut UnixStream) -> bool {
+        matches!(s.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn a_relay_moves_both_ways_forwards_each_eof_and_ends_when_both_are_done() {
+        let reqlog = RequestLog::new();
+        let now = Instant::now();
+        let (mut client_peer, mut client) = pair();
+        let (mut server_peer, server) = pair();
+        let mut relay = relay(server, now);
+
+        client_peer.write_all(b"hello").unwrap();
+        client.ready(true, false, false);
+        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        assert_eq!(read_exactly(&mut server_peer, 5), b"hello");
+
+        // The server answers and half-closes: the client gets the reply, then EOF.
+        server_peer.write_all(b"world").unwrap();
+        server_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        relay.server.ready(true, false, true);
+        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        assert_eq!(read_exactly(&mut client_peer, 5), b"world");
+        assert!(at_eof(&mut client_peer));
+
+        // The client may still send after the server's EOF (half-close), then ends too.
+        client_peer.write_all(b"late").unwrap();
+        client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        client.ready(true, false, true);
+        let end = relay.step(&mut client, &reqlog, now);
+        assert!(matches!(end, Step::End(RelayEnd::Done)), "ended");
+        assert_eq!(read_exactly(&mut server_peer, 4), b"late");
+        assert_eq!(
+            (relay.counters.to_server(), relay.counters.to_client()),
+            (9, 5)
+        );
+        // The last direction is not shut down: closing the sockets sends that EOF.
+        drop(relay);
+        assert!(at_eof(&mut server_peer));
+    }
+
+    /// Edge-triggered epoll reports data and a FIN that arrive together once. The short read
+    /// of the data must not hide the FIN behind it.
+    #[test]
+    fn data_and_eof_reported_in_one_event_are_both_relayed() {
+        let reqlog = RequestLog::new();
+        let now = Instant::now();
+        let (mut client_peer, mut client) = pair();
+        let (mut server_peer, server) = pair();
+        let mut relay = relay(server, now);
+        client_peer.write_all(b"x").unwrap();
+        client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        client.ready(true, false, true);
+        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        assert_eq!(read_exactly(&mut server_peer, 1), b"x");
+        assert!(at_eof(&mut server_peer), "the client's EOF was forwarded");
+    }
+
+    #[test]
+    fn a_destination_that_pushes_back_keeps_the_rest_and_gets_it_when_writable() {
+        let reqlog = RequestLog::new();
+        let now = Instant::now();
+        let (client_peer, mut client) = pair();
+        let (mut server_peer, server) = pair();
+        let mut relay = relay(server, now);
+        server_peer.set_nonblocking(true).unwrap();
+        // More than the socket pair holds, so the write to the server falls short.
+        let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            let mut client_peer = client_peer.try_clone().unwrap();
+            std::thread::spawn(move || client_peer.write_all(&data))
+        };
+        let mut got = Vec::new();
+        let mut buf = vec![0; 256 * 1024];
+        let mut saw_pending = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < data.len() && Instant::now() < deadline {
+            client.ready(true, false, false);
+            let _ = relay.step(&mut client, &reqlog, now);
+            saw_pending |= relay.counters.pending().0 > 0;
+            match server_peer.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("server read: {e}"),
+            }
+            relay.server.ready(false, true, false);
+        }
+        writer.join().unwrap().unwrap();
+        assert!(saw_pending, "the server pushed back at least once");
+        assert!(got == data, "every byte, in order");
+        drop(client_peer);
     }
 }

@@ -36,7 +36,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use socket2::Socket;
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::balancer::{Admission, Peer};
 use crate::net::{self, BoundListener};
@@ -257,7 +257,7 @@ impl Engine {
                 match event.data() {
                     LISTENER => self.listener_ready = true,
                     MAILBOX => mail = true,
-                    token => self.on_event(token, event.events(), now),
+                    token => self.contain(token, |e| e.on_event(token, event.events(), now)),
                 }
             }
             if mail {
@@ -267,16 +267,38 @@ impl Engine {
                             return self.exit();
                         }
                     } else {
-                        self.on_abort(token);
+                        self.contain(token, |e| e.on_abort(token));
                     }
                 }
             }
             for token in std::mem::take(&mut self.again) {
-                self.drive(token, now);
+                self.contain(token, |e| e.drive(token, now));
             }
             self.run_timers(now);
             if self.listener_ready {
-                self.accept(now);
+                self.contain(LISTENER, |e| e.accept(now));
+            }
+        }
+    }
+
+    /// Run `f` for one connection (or the listener). A panic there is a bug in pen: like a
+    /// panicking task on tokio, it ends that connection and nothing else, and the loop goes on.
+    fn contain(&mut self, token: u64, f: impl FnOnce(&mut Self)) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if run.is_err() {
+            error!(
+                "data-plane thread {}: a bug ended a connection",
+                self.setup.index
+            );
+            if token & LISTENER == 0 {
+                let closed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.close(token)));
+                if closed.is_err() {
+                    // Not even the release worked: forget the connection without it.
+                    if let Some(slot) = self.slots.get_mut(slot_of(token)) {
+                        slot.conn = None;
+                    }
+                }
             }
         }
     }
@@ -699,9 +721,16 @@ impl Engine {
                 self.accept_paused_until = None;
                 continue;
             }
-            if !self.live(token) {
-                continue;
-            }
+            self.contain(token, |e| e.on_timer(token, now));
+        }
+    }
+
+    /// A timer of this connection is due (perhaps an old one: each is checked against now).
+    fn on_timer(&mut self, token: u64, now: Instant) {
+        if !self.live(token) {
+            return;
+        }
+        {
             let c = self.conn(token);
             match &mut c.state {
                 State::Dummy { deadline } if now >= *deadline => self.close(token),
