@@ -213,8 +213,7 @@ async fn serve(
             backend,
         } = admission
         else {
-            // pen says this at debug level 1 ("No failover server found, giving up").
-            info!("no server for {}; closing it", describe_peer(peer));
+            no_server(peer);
             return;
         };
         guard.conn = Some(conn);
@@ -331,6 +330,12 @@ async fn serve(
             guard.conn = None;
         }
     }
+}
+
+/// No server will take the client: it is closed.
+pub(crate) fn no_server(peer: Peer) {
+    // pen says this at debug level 1 ("No failover server found, giving up").
+    info!("no server for {}; closing it", describe_peer(peer));
 }
 
 /// A connect that failed for want of our own descriptors or memory: no server is blamed.

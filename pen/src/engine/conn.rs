@@ -410,18 +410,23 @@ mod tests {
         (peer, Sock::new(Socket::from(ours), false))
     }
 
-    fn relay(server: Sock, now: Instant) -> Relay {
+    /// A relay between two socket pairs: the client's peer end, pen's client socket, the
+    /// server's peer end, and the relay (which holds pen's server socket).
+    fn relay() -> (UnixStream, Sock, UnixStream, Relay) {
+        let (client_peer, client) = pair();
+        let (server_peer, server) = pair();
         let backend = Backend::Unix("/nonexistent".into());
         let peer = Peer { ip: None, port: 0 };
-        Relay::new(
+        let relay = Relay::new(
             ConnId(0),
             server,
             Arc::new(ConnCounters::default()),
             &Settings::default(),
             &backend,
             peer,
-            now,
-        )
+            Instant::now(),
+        );
+        (client_peer, client, server_peer, relay)
     }
 
     fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
@@ -438,9 +443,7 @@ mod tests {
     fn a_relay_moves_both_ways_forwards_each_eof_and_ends_when_both_are_done() {
         let reqlog = RequestLog::new();
         let now = Instant::now();
-        let (mut client_peer, mut client) = pair();
-        let (mut server_peer, server) = pair();
-        let mut relay = relay(server, now);
+        let (mut client_peer, mut client, mut server_peer, mut relay) = relay();
 
         client_peer.write_all(b"hello").unwrap();
         client.ready(true, false, false);
@@ -477,9 +480,7 @@ mod tests {
     fn data_and_eof_reported_in_one_event_are_both_relayed() {
         let reqlog = RequestLog::new();
         let now = Instant::now();
-        let (mut client_peer, mut client) = pair();
-        let (mut server_peer, server) = pair();
-        let mut relay = relay(server, now);
+        let (mut client_peer, mut client, mut server_peer, mut relay) = relay();
         client_peer.write_all(b"x").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
         client.ready(true, false, true);
@@ -492,9 +493,7 @@ mod tests {
     fn a_destination_that_pushes_back_keeps_the_rest_and_gets_it_when_writable() {
         let reqlog = RequestLog::new();
         let now = Instant::now();
-        let (client_peer, mut client) = pair();
-        let (mut server_peer, server) = pair();
-        let mut relay = relay(server, now);
+        let (client_peer, mut client, mut server_peer, mut relay) = relay();
         server_peer.set_nonblocking(true).unwrap();
         // More than the socket pair holds, so the write to the server falls short.
         let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();

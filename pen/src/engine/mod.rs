@@ -161,6 +161,9 @@ struct Engine {
     draining: bool,
 }
 
+/// Generations wrap below 2^31, so a connection's token never has the top bit set.
+const GENERATION_MASK: u32 = 0x7fff_ffff;
+
 fn token(slot: u32, generation: u32, server: bool) -> u64 {
     (u64::from(generation) << 32) | (u64::from(slot) << 1) | u64::from(server)
 }
@@ -285,9 +288,14 @@ impl Engine {
     /// panicking task on tokio, it ends that connection and nothing else, and the loop goes on.
     fn contain(&mut self, token: u64, f: impl FnOnce(&mut Self)) {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
-        if run.is_err() {
+        if let Err(panic) = run {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             error!(
-                "data-plane thread {}: a bug ended a connection",
+                "data-plane thread {}: a bug ended a connection: {what}",
                 self.setup.index
             );
             if token & LISTENER == 0 {
@@ -494,8 +502,7 @@ impl Engine {
                 backend,
             } = admission
             else {
-                let peer = self.conn(token).peer;
-                info!("no server for {}; closing it", proxy::describe_peer(peer));
+                proxy::no_server(self.conn(token).peer);
                 return self.close(token);
             };
             let c = self.conn(token);
@@ -766,7 +773,7 @@ impl Engine {
         let Some(conn) = slot.conn.take() else {
             return;
         };
-        slot.generation = slot.generation.wrapping_add(1);
+        slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
         self.free.push(slot_of(token) as u32);
         if let Some(id) = conn.id {
             self.setup.shared.with(|b| b.closed(id));
@@ -792,4 +799,43 @@ fn edge(token: u64) -> EpollEvent {
         EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET,
         token,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_tokens_never_look_like_the_engines_own_and_decode() {
+        let wrapped = GENERATION_MASK.wrapping_add(1) & GENERATION_MASK;
+        assert_eq!(wrapped, 0, "generations wrap below the top bit");
+        for (slot, generation, server) in [
+            (0, 0, false),
+            (0, GENERATION_MASK, false),
+            (7, 3, true),
+            (u32::MAX >> 1, GENERATION_MASK, true),
+        ] {
+            let t = token(slot, generation, server);
+            assert_eq!(t & LISTENER, 0, "{t:#x}");
+            assert!(![LISTENER, MAILBOX, NUDGE, RESUME_ACCEPT].contains(&t));
+            assert_eq!(slot_of(t), slot as usize);
+            assert_eq!(t & 1 == 1, server);
+            assert_eq!((t >> 32) as u32, generation);
+        }
+    }
+
+    #[test]
+    fn a_mailbox_keeps_every_token_and_signals_once_per_batch() {
+        let mailbox = Mailbox::new().unwrap();
+        let waker = token_waker(&mailbox, 42);
+        mailbox.post(5);
+        waker.wake_by_ref();
+        mailbox.nudge();
+        assert_eq!(mailbox.take(), [5, 42, NUDGE]);
+        // take() consumed the one signal the batch made.
+        assert!(mailbox.event.read().is_err(), "nothing left to read");
+        waker.wake();
+        assert_eq!(mailbox.event.read().unwrap(), 1);
+        assert_eq!(mailbox.take(), [42]);
+    }
 }
