@@ -21,6 +21,10 @@
 //! changes.
 
 mod conn;
+mod lifecycle;
+mod mailbox;
+
+pub use mailbox::Mailbox;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,29 +32,26 @@ use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use socket2::Socket;
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::balancer::{Admission, Peer};
 use crate::net::{self, BoundListener};
 use crate::proxy::{self, Limits, Shared};
-use crate::relay::{RelayEnd, Side};
 use crate::run::Phase;
 
-use conn::{Conn, Connecting, Relay, Sock, State, Step};
+use conn::{Conn, Sock, State};
+use mailbox::{token_waker, NUDGE};
 
 /// Tokens with the top bit set are not connections.
 const LISTENER: u64 = 1 << 63;
 const MAILBOX: u64 = (1 << 63) | 1;
-/// Posted to the mailbox when something other than a connection needs a look.
-const NUDGE: u64 = (1 << 63) | 2;
 /// A timer entry that resumes accepting after descriptors ran out.
 const RESUME_ACCEPT: u64 = (1 << 63) | 3;
 
@@ -60,67 +61,6 @@ const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 const EVENTS: usize = 256;
 /// The longest sleep without a timer due (the mailbox wakes the loop for anything else).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
-
-/// How other threads wake an engine: tokens posted to a list, and an eventfd in its epoll set.
-pub struct Mailbox {
-    event: EventFd,
-    posted: Mutex<Vec<u64>>,
-}
-
-impl Mailbox {
-    pub fn new() -> io::Result<Arc<Mailbox>> {
-        let event =
-            EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
-        Ok(Arc::new(Mailbox {
-            event,
-            posted: Mutex::new(Vec::new()),
-        }))
-    }
-
-    fn post(&self, token: u64) {
-        let first = {
-            let mut posted = self.posted.lock().unwrap_or_else(|e| e.into_inner());
-            posted.push(token);
-            posted.len() == 1
-        };
-        // One eventfd write per batch: the loop takes the whole list when it wakes.
-        if first {
-            let _ = self.event.write(1);
-        }
-    }
-
-    /// Have the engine look at its phase, its listener and the `-x` slots.
-    pub fn nudge(&self) {
-        self.post(NUDGE);
-    }
-
-    fn take(&self) -> Vec<u64> {
-        let _ = self.event.read();
-        std::mem::take(&mut *self.posted.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// A waker that posts one token.
-struct TokenWaker {
-    mailbox: Arc<Mailbox>,
-    token: u64,
-}
-
-impl Wake for TokenWaker {
-    fn wake(self: Arc<Self>) {
-        self.mailbox.post(self.token);
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.mailbox.post(self.token);
-    }
-}
-
-fn token_waker(mailbox: &Arc<Mailbox>, token: u64) -> Waker {
-    Waker::from(Arc::new(TokenWaker {
-        mailbox: mailbox.clone(),
-        token,
-    }))
-}
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -493,280 +433,6 @@ impl Engine {
             .is_some_and(|s| s.generation == (token >> 32) as u32 && s.conn.is_some())
     }
 
-    /// Connect as the balancer says: the next server, or close the client if there is none.
-    fn connect(&mut self, token: u64, mut admission: Admission, now: Instant) {
-        loop {
-            let Admission::Connect {
-                conn,
-                target,
-                backend,
-            } = admission
-            else {
-                proxy::no_server(self.conn(token).peer);
-                return self.close(token);
-            };
-            let c = self.conn(token);
-            c.id = Some(conn);
-            let failure = match conn::start_connect(&backend, &c.settings, c.peer.ip) {
-                Ok(server) => {
-                    let server_token = token | 1;
-                    if let Err(e) = self.epoll.add(server.socket.as_fd(), edge(server_token)) {
-                        debug!("can't register the connection to {backend}: {e}");
-                        return self.close(token);
-                    }
-                    let c = self.conn(token);
-                    let deadline = now + c.settings.connect_timeout;
-                    c.state = State::Connecting(Box::new(Connecting {
-                        conn,
-                        target,
-                        backend,
-                        server,
-                        deadline,
-                    }));
-                    self.timers.push(Reverse((deadline, token)));
-                    return;
-                }
-                Err(e) if net::is_local_failure(&e) => {
-                    proxy::local_failure(&backend, &e, now);
-                    return self.close(token);
-                }
-                Err(e) => e.to_string(),
-            };
-            admission = self.connect_failed(token, conn, target, &backend, &failure, now);
-        }
-    }
-
-    /// Blacklist the server and ask the balancer where to go next.
-    fn connect_failed(
-        &mut self,
-        token: u64,
-        conn: crate::balancer::ConnId,
-        target: crate::balancer::Target,
-        backend: &crate::addr::Backend,
-        failure: &str,
-        now: Instant,
-    ) -> Admission {
-        proxy::log_connect_failure(target, backend, failure);
-        let admission = self.setup.shared.with(|b| b.connect_failed(conn, now));
-        if admission == Admission::Refuse {
-            // The balancer already forgot the connection.
-            self.conn(token).id = None;
-        }
-        admission
-    }
-
-    fn on_event(&mut self, token: u64, flags: EpollFlags, now: Instant) {
-        if !self.live(token) {
-            return;
-        }
-        let readable = flags.intersects(EpollFlags::EPOLLIN);
-        let writable = flags.intersects(EpollFlags::EPOLLOUT);
-        let closed =
-            flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
-        let error = flags.intersects(EpollFlags::EPOLLERR);
-        let server_side = token & 1 == 1;
-        let c = self.conn(token);
-        let server = match &mut c.state {
-            State::Dummy { .. } => None,
-            State::Connecting(connecting) => Some(&mut connecting.server),
-            State::Relaying(relay) => Some(&mut relay.server),
-        };
-        match (server_side, server) {
-            (false, _) => c.client.ready(readable, writable || error, closed),
-            (true, Some(server)) => server.ready(readable, writable || error, closed),
-            (true, None) => return,
-        }
-        if !server_side && error && matches!(c.state, State::Connecting(_)) {
-            // The client reset while its server was slow to answer: it is gone for good.
-            if let State::Connecting(connecting) = &c.state {
-                debug!(
-                    "client {:?} reset the connection while pen connected to {}",
-                    c.peer, connecting.backend
-                );
-            }
-            return self.close(token);
-        }
-        self.drive(token & !1, now);
-    }
-
-    /// Do what the connection's sockets allow now.
-    fn drive(&mut self, token: u64, now: Instant) {
-        if !self.live(token) {
-            return;
-        }
-        let reqlog = &self.setup.shared.reqlog;
-        let c = self.slots[slot_of(token)]
-            .conn
-            .as_deref_mut()
-            .expect("checked live");
-        match &mut c.state {
-            State::Dummy { .. } => {
-                if conn::dummy_step(&mut c.client).is_some() {
-                    self.close(token);
-                }
-            }
-            State::Connecting(connecting) => {
-                if let Some(result) = conn::connect_result(&mut connecting.server) {
-                    self.connected(token, result, now);
-                }
-            }
-            State::Relaying(relay) => match relay.step(&mut c.client, reqlog, now) {
-                Step::Wait => {}
-                Step::Again => self.again.push(token),
-                Step::End(end) => self.relay_ended(token, end),
-            },
-        }
-    }
-
-    /// A connect finished, one way or the other.
-    fn connected(&mut self, token: u64, result: io::Result<()>, now: Instant) {
-        let c = self.conn(token);
-        let State::Connecting(connecting) =
-            std::mem::replace(&mut c.state, State::Dummy { deadline: now })
-        else {
-            return;
-        };
-        let Connecting {
-            conn,
-            target,
-            backend,
-            server,
-            ..
-        } = *connecting;
-        if let Err(e) = result {
-            drop(server);
-            let admission = if net::is_local_failure(&e) {
-                proxy::local_failure(&backend, &e, now);
-                Admission::Refuse
-            } else {
-                self.connect_failed(token, conn, target, &backend, &e.to_string(), now)
-            };
-            return self.connect(token, admission, now);
-        }
-        let counters = self.setup.shared.with(|b| {
-            b.connected(conn);
-            b.conn(conn).map(|c| c.counters.clone())
-        });
-        let Some(counters) = counters else {
-            return self.close(token);
-        };
-        // `close N` and the end of the grace period post this connection's token.
-        let abort_waker = token_waker(&self.setup.mailbox, token);
-        let c = self.conn(token);
-        {
-            use std::os::fd::AsRawFd;
-            counters.set_fds(c.client.socket.as_raw_fd(), server.socket.as_raw_fd());
-        }
-        let fired = {
-            let mut cx = Context::from_waker(&abort_waker);
-            std::pin::pin!(counters.abort.fired())
-                .poll(&mut cx)
-                .is_ready()
-        };
-        let relay = Relay::new(conn, server, counters, &c.settings, &backend, c.peer, now);
-        if !relay.idle.is_zero() {
-            self.timers.push(Reverse((now + relay.idle, token)));
-        }
-        let c = self.conn(token);
-        c.state = State::Relaying(Box::new(relay));
-        if fired {
-            return self.on_abort(token);
-        }
-        self.drive(token, now);
-    }
-
-    fn relay_ended(&mut self, token: u64, end: RelayEnd) {
-        let c = self.conn(token);
-        let State::Relaying(relay) = &c.state else {
-            return;
-        };
-        match end {
-            RelayEnd::Error(side, e) => {
-                debug!("connection {}: {side:?} error: {e}", relay.conn.0);
-                // A socket that failed ends the other side with a reset too (see `proxy`).
-                if e.raw_os_error().is_some() {
-                    match side {
-                        Side::Server => c.client.reset_on_close(),
-                        Side::Client => relay.server.reset_on_close(),
-                    }
-                }
-            }
-            end => debug!("connection {}: {end:?}", relay.conn.0),
-        }
-        self.close(token);
-    }
-
-    /// `close N`, or the end of the shutdown grace period.
-    fn on_abort(&mut self, token: u64) {
-        if !self.live(token) {
-            return;
-        }
-        let c = self.conn(token);
-        let State::Relaying(relay) = &c.state else {
-            return;
-        };
-        if relay.counters.abort.is_cut() {
-            info!(
-                "connection {}: reset, the shutdown grace period is over",
-                relay.conn.0
-            );
-            c.client.reset_on_close();
-            relay.server.reset_on_close();
-        } else {
-            info!("connection {}: closed by the control port", relay.conn.0);
-        }
-        self.close(token);
-    }
-
-    fn run_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, token))) = self.timers.peek() {
-            if at > now {
-                return;
-            }
-            self.timers.pop();
-            if token == RESUME_ACCEPT {
-                self.accept_paused_until = None;
-                continue;
-            }
-            self.contain(token, |e| e.on_timer(token, now));
-        }
-    }
-
-    /// A timer of this connection is due (perhaps an old one: each is checked against now).
-    fn on_timer(&mut self, token: u64, now: Instant) {
-        if !self.live(token) {
-            return;
-        }
-        {
-            let c = self.conn(token);
-            match &mut c.state {
-                State::Dummy { deadline } if now >= *deadline => self.close(token),
-                State::Dummy { .. } => {}
-                State::Connecting(connecting) if now >= connecting.deadline => {
-                    let (conn, target, backend) = (
-                        connecting.conn,
-                        connecting.target,
-                        connecting.backend.clone(),
-                    );
-                    c.state = State::Dummy { deadline: now };
-                    let admission =
-                        self.connect_failed(token, conn, target, &backend, "connect timeout", now);
-                    self.connect(token, admission, now);
-                }
-                State::Connecting(_) => {}
-                State::Relaying(relay) if !relay.idle.is_zero() => {
-                    let due = relay.last_activity + relay.idle;
-                    if now >= due {
-                        self.relay_ended(token, RelayEnd::Idle);
-                    } else {
-                        self.timers.push(Reverse((due, token)));
-                    }
-                }
-                State::Relaying(_) => {}
-            }
-        }
-    }
-
     /// End a connection: release it in the balancer and close its sockets.
     fn close(&mut self, token: u64) {
         let slot = &mut self.slots[slot_of(token)];
@@ -822,20 +488,5 @@ mod tests {
             assert_eq!(t & 1 == 1, server);
             assert_eq!((t >> 32) as u32, generation);
         }
-    }
-
-    #[test]
-    fn a_mailbox_keeps_every_token_and_signals_once_per_batch() {
-        let mailbox = Mailbox::new().unwrap();
-        let waker = token_waker(&mailbox, 42);
-        mailbox.post(5);
-        waker.wake_by_ref();
-        mailbox.nudge();
-        assert_eq!(mailbox.take(), [5, 42, NUDGE]);
-        // take() consumed the one signal the batch made.
-        assert!(mailbox.event.read().is_err(), "nothing left to read");
-        waker.wake();
-        assert_eq!(mailbox.event.read().unwrap(), 1);
-        assert_eq!(mailbox.take(), [42]);
     }
 }
