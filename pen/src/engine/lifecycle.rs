@@ -163,12 +163,12 @@ impl Engine {
         } = *connecting;
         if let Err(e) = result {
             drop(server);
-            let admission = if net::is_local_failure(&e) {
+            if net::is_local_failure(&e) {
+                // Our descriptors or memory, not the server's fault: no blame, no failover.
                 proxy::local_failure(&backend, &e, now);
-                Admission::Refuse
-            } else {
-                self.connect_failed(token, conn, target, &backend, &e.to_string(), now)
-            };
+                return self.close(token);
+            }
+            let admission = self.connect_failed(token, conn, target, &backend, &e.to_string(), now);
             return self.connect(token, admission, now);
         }
         let counters = self.setup.shared.with(|b| {
@@ -265,33 +265,31 @@ impl Engine {
         if !self.live(token) {
             return;
         }
-        {
-            let c = self.conn(token);
-            match &mut c.state {
-                State::Dummy { deadline } if now >= *deadline => self.close(token),
-                State::Dummy { .. } => {}
-                State::Connecting(connecting) if now >= connecting.deadline => {
-                    let (conn, target, backend) = (
-                        connecting.conn,
-                        connecting.target,
-                        connecting.backend.clone(),
-                    );
-                    c.state = State::Dummy { deadline: now };
-                    let admission =
-                        self.connect_failed(token, conn, target, &backend, "connect timeout", now);
-                    self.connect(token, admission, now);
-                }
-                State::Connecting(_) => {}
-                State::Relaying(relay) if !relay.idle.is_zero() => {
-                    let due = relay.last_activity + relay.idle;
-                    if now >= due {
-                        self.relay_ended(token, RelayEnd::Idle);
-                    } else {
-                        self.timers.push(Reverse((due, token)));
-                    }
-                }
-                State::Relaying(_) => {}
+        let c = self.conn(token);
+        match &mut c.state {
+            State::Dummy { deadline } if now >= *deadline => self.close(token),
+            State::Dummy { .. } => {}
+            State::Connecting(connecting) if now >= connecting.deadline => {
+                let (conn, target, backend) = (
+                    connecting.conn,
+                    connecting.target,
+                    connecting.backend.clone(),
+                );
+                c.state = State::Dummy { deadline: now };
+                let admission =
+                    self.connect_failed(token, conn, target, &backend, "connect timeout", now);
+                self.connect(token, admission, now);
             }
+            State::Connecting(_) => {}
+            State::Relaying(relay) if !relay.idle.is_zero() => {
+                let due = relay.last_activity + relay.idle;
+                if now >= due {
+                    self.relay_ended(token, RelayEnd::Idle);
+                } else {
+                    self.timers.push(Reverse((due, token)));
+                }
+            }
+            State::Relaying(_) => {}
         }
     }
 }
