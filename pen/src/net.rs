@@ -427,30 +427,8 @@ pub async fn connect(
 ) -> io::Result<Stream> {
     match backend {
         Backend::Tcp(sa) => {
-            let socket = if sa.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            if settings.keepalive {
-                socket.set_keepalive(true)?;
-            }
-            match upstream_source(settings, client, *sa) {
-                Ok(None) => {}
-                Ok(Some(local)) => {
-                    if let Err(e) = bind_source_socket(
-                        &socket2::SockRef::from(&socket),
-                        local,
-                        settings.source.is_none(),
-                    ) {
-                        // As in pen: the connection goes ahead from pen's own address.
-                        warn_source(&format!("can't connect to {sa} from {local}: {e}; connecting from pen's own address"));
-                    }
-                }
-                Err(why) => {
-                    warn_source(&format!("{why}; connecting to {sa} from pen's own address"))
-                }
-            }
+            let socket = upstream_socket(*sa, settings, client)?;
+            let socket = TcpSocket::from_std_stream(socket.into());
             let mut stream = Stream::tcp_stream(socket.connect(*sa).await?);
             if settings.tcp_nodelay {
                 stream.set_nodelay();
@@ -459,6 +437,34 @@ pub async fn connect(
         }
         Backend::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
     }
+}
+
+/// A non-blocking socket for a connection to server `sa`, not yet connected, with the options
+/// the settings ask for: keepalive, and the local address (`source`, or the client's own under
+/// `transparent`; where that cannot be, a rate-limited warning and pen's own address, as in
+/// pen). Both data planes connect through it.
+pub(crate) fn upstream_socket(
+    sa: SocketAddr,
+    settings: &Settings,
+    client: Option<IpAddr>,
+) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(sa), Type::STREAM.nonblocking(), None)?;
+    if settings.keepalive {
+        socket.set_keepalive(true)?;
+    }
+    match upstream_source(settings, client, sa) {
+        Ok(None) => {}
+        Ok(Some(local)) => {
+            if let Err(e) = bind_source(&socket, local, settings.source.is_none()) {
+                warn_source(&format!(
+                    "can't connect to {sa} from {local}: {e}; connecting from pen's own address"
+                ));
+            }
+        }
+        Err(why) => warn_source(&format!("{why}; connecting to {sa} from pen's own address")),
+    }
+    Ok(socket)
 }
 
 /// Why an upstream connection cannot come from the address the settings ask for.
@@ -491,11 +497,7 @@ pub fn upstream_source(
 /// connect(), so many connections from one address to different servers share ports as they
 /// would without a bind. A transparent bind (to the client's address, not one of ours) needs
 /// IP_TRANSPARENT, which the kernel honours on IPv6 sockets too.
-pub(crate) fn bind_source_socket(
-    socket: &socket2::Socket,
-    local: IpAddr,
-    transparent: bool,
-) -> io::Result<()> {
+fn bind_source(socket: &socket2::Socket, local: IpAddr, transparent: bool) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     if transparent {
         socket.set_ip_transparent(true)?;
@@ -508,7 +510,7 @@ pub(crate) fn bind_source_socket(
 }
 
 /// One message per 5 seconds about source addresses, however many connections hit it.
-pub(crate) fn warn_source(message: &str) {
+fn warn_source(message: &str) {
     static LOG: crate::proxy::RateLimit = crate::proxy::RateLimit::new();
     if LOG.allow(std::time::Instant::now()) {
         tracing::warn!("{message}");

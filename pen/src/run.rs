@@ -257,10 +257,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     match (&bound, &udp) {
         (Some(bound), _) => info!(
-            "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
+            "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads ({})",
             env!("CARGO_PKG_VERSION"),
             bound.local_addr().map_or_else(|| listen.to_string(), |a| a.to_string()),
             options.servers.len(),
+            if on_engine { "epoll" } else { "tokio" },
         ),
         (None, Some(plane)) => info!(
             "pen {} starting: listening on udp {}, {} servers, up to {conn_max} sessions",

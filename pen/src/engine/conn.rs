@@ -18,7 +18,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::addr::Backend;
 use crate::balancer::{ConnCounters, ConnId, FastClose, Peer, Settings, Target};
 use crate::http::{Proto, Rewriter};
-use crate::net::{bind_source_socket, upstream_source, warn_source, Nagle};
+use crate::net::{upstream_socket, Nagle};
 use crate::relay::{Pumps, RelayEnd, Verbatim};
 use crate::reqlog::RequestLog;
 
@@ -162,7 +162,7 @@ impl AsyncWrite for Sock {
 }
 
 /// Start a non-blocking connect to `backend` with the socket options the settings ask for
-/// (as `net::connect` does on tokio). The socket is writable once the connect has finished;
+/// (`net::upstream_socket`, as on tokio). The socket is writable once the connect has finished;
 /// `connect_result` then says how.
 pub(super) fn start_connect(
     backend: &Backend,
@@ -170,26 +170,11 @@ pub(super) fn start_connect(
     client: Option<IpAddr>,
 ) -> io::Result<Sock> {
     let (socket, addr, tcp) = match backend {
-        Backend::Tcp(sa) => {
-            let socket = Socket::new(Domain::for_address(*sa), Type::STREAM.nonblocking(), None)?;
-            if settings.keepalive {
-                socket.set_keepalive(true)?;
-            }
-            match upstream_source(settings, client, *sa) {
-                Ok(None) => {}
-                Ok(Some(local)) => {
-                    if let Err(e) = bind_source_socket(&socket, local, settings.source.is_none()) {
-                        warn_source(&format!(
-                            "can't connect to {sa} from {local}: {e}; connecting from pen's own address"
-                        ));
-                    }
-                }
-                Err(why) => {
-                    warn_source(&format!("{why}; connecting to {sa} from pen's own address"))
-                }
-            }
-            (socket, SockAddr::from(*sa), true)
-        }
+        Backend::Tcp(sa) => (
+            upstream_socket(*sa, settings, client)?,
+            SockAddr::from(*sa),
+            true,
+        ),
         Backend::Unix(path) => (
             Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?,
             SockAddr::unix(path)?,
@@ -227,9 +212,9 @@ pub(super) enum State {
     /// `dummy`: waiting for the client's first chunk, to answer it with the fixed page.
     Dummy { deadline: Instant },
     /// Connecting to a server the balancer chose.
-    Connecting(Box<Connecting>),
+    Connecting(Connecting),
     /// Relaying between the client and its server.
-    Relaying(Box<Relay>),
+    Relaying(Relay),
 }
 
 pub(super) struct Connecting {

@@ -44,13 +44,13 @@ impl Engine {
                     }
                     let c = self.conn(token);
                     let deadline = now + c.settings.connect_timeout;
-                    c.state = State::Connecting(Box::new(Connecting {
+                    c.state = State::Connecting(Connecting {
                         conn,
                         target,
                         backend,
                         server,
                         deadline,
-                    }));
+                    });
                     self.timers.push(Reverse((deadline, token)));
                     return;
                 }
@@ -160,7 +160,7 @@ impl Engine {
             backend,
             server,
             ..
-        } = *connecting;
+        } = connecting;
         if let Err(e) = result {
             drop(server);
             if net::is_local_failure(&e) {
@@ -196,7 +196,7 @@ impl Engine {
             self.timers.push(Reverse((now + relay.idle, token)));
         }
         let c = self.conn(token);
-        c.state = State::Relaying(Box::new(relay));
+        c.state = State::Relaying(relay);
         if fired {
             return self.on_abort(token);
         }

@@ -376,9 +376,10 @@ impl Engine {
         if settings.tcp_nodelay {
             client.set_nodelay();
         }
+        let dummy_deadline = now + conn::dummy_wait(&settings);
         let state = match &admission {
             None => State::Dummy {
-                deadline: now + conn::dummy_wait(&settings),
+                deadline: dummy_deadline,
             },
             Some(Admission::ClientLimit) => {
                 proxy::client_limit_reached(shared, peer);
@@ -404,7 +405,6 @@ impl Engine {
             }
             return;
         }
-        let dummy_deadline = now + conn::dummy_wait(&settings);
         self.slots[slot as usize].conn = Some(Box::new(Conn {
             client,
             peer,
