@@ -211,6 +211,10 @@ pub(super) fn connect_result(server: &mut Sock) -> Option<io::Result<()>> {
 pub(super) enum State {
     /// `dummy`: waiting for the client's first chunk, to answer it with the fixed page.
     Dummy { deadline: Instant },
+    /// Between servers: admitted and not yet connecting, or a connect just failed. Only ever
+    /// seen inside the one call that moves the connection on (to `Connecting` or closed), so
+    /// no event or timer finds a connection here.
+    Choosing,
     /// Connecting to a server the balancer chose.
     Connecting(Connecting),
     /// Relaying between the client and its server.
@@ -487,14 +491,22 @@ mod tests {
             let mut client_peer = client_peer.try_clone().unwrap();
             std::thread::spawn(move || client_peer.write_all(&data))
         };
-        let mut got = Vec::new();
-        let mut buf = vec![0; 256 * 1024];
-        let mut saw_pending = false;
+        // First nobody reads the server's end, until a write to it falls short and the relay
+        // keeps the rest (a reader as fast as the relay would hide the push-back).
         let deadline = Instant::now() + Duration::from_secs(20);
-        while got.len() < data.len() && Instant::now() < deadline {
+        let mut saw_pending = false;
+        while !saw_pending && Instant::now() < deadline {
             client.ready(true, false, false);
             let _ = relay.step(&mut client, &reqlog, now);
-            saw_pending |= relay.counters.pending().0 > 0;
+            saw_pending = relay.counters.pending().0 > 0;
+            if !saw_pending {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Then the server drains, and each time it made room the relay hears it is writable.
+        let mut got = Vec::new();
+        let mut buf = vec![0; 256 * 1024];
+        while got.len() < data.len() && Instant::now() < deadline {
             match server_peer.read(&mut buf) {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -503,6 +515,8 @@ mod tests {
                 Err(e) => panic!("server read: {e}"),
             }
             relay.server.ready(false, true, false);
+            client.ready(true, false, false);
+            let _ = relay.step(&mut client, &reqlog, now);
         }
         writer.join().unwrap().unwrap();
         assert!(saw_pending, "the server pushed back at least once");

@@ -95,7 +95,7 @@ impl Engine {
         let server_side = token & 1 == 1;
         let c = self.conn(token);
         let server = match &mut c.state {
-            State::Dummy { .. } => None,
+            State::Dummy { .. } | State::Choosing => None,
             State::Connecting(connecting) => Some(&mut connecting.server),
             State::Relaying(relay) => Some(&mut relay.server),
         };
@@ -133,6 +133,7 @@ impl Engine {
                     self.close(token);
                 }
             }
+            State::Choosing => {}
             State::Connecting(connecting) => {
                 if let Some(result) = conn::connect_result(&mut connecting.server) {
                     self.connected(token, result, now);
@@ -149,9 +150,7 @@ impl Engine {
     /// A connect finished, one way or the other.
     pub(super) fn connected(&mut self, token: u64, result: io::Result<()>, now: Instant) {
         let c = self.conn(token);
-        let State::Connecting(connecting) =
-            std::mem::replace(&mut c.state, State::Dummy { deadline: now })
-        else {
+        let State::Connecting(connecting) = std::mem::replace(&mut c.state, State::Choosing) else {
             return;
         };
         let Connecting {
@@ -268,14 +267,14 @@ impl Engine {
         let c = self.conn(token);
         match &mut c.state {
             State::Dummy { deadline } if now >= *deadline => self.close(token),
-            State::Dummy { .. } => {}
+            State::Dummy { .. } | State::Choosing => {}
             State::Connecting(connecting) if now >= connecting.deadline => {
                 let (conn, target, backend) = (
                     connecting.conn,
                     connecting.target,
                     connecting.backend.clone(),
                 );
-                c.state = State::Dummy { deadline: now };
+                c.state = State::Choosing;
                 let admission =
                     self.connect_failed(token, conn, target, &backend, "connect timeout", now);
                 self.connect(token, admission, now);

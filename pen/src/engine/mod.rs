@@ -385,8 +385,7 @@ impl Engine {
                 proxy::client_limit_reached(shared, peer);
                 return;
             }
-            // Replaced by the first connect below.
-            Some(_) => State::Dummy { deadline: now },
+            Some(_) => State::Choosing,
         };
         let slot = match self.free.pop() {
             Some(slot) => slot,
