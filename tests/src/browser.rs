@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::http;
-use crate::{free_port, is_listening, stop_child, Drain};
+use crate::{free_port, listens, stop_child, Drain};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -56,8 +56,9 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("can't run {CHROMEDRIVER}: {e}"));
             let driver_stderr = Drain::start(driver.stderr.take().expect("piped stderr"));
             let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+            let pid = driver.id();
             let deadline = Instant::now() + BROWSER_START;
-            while !is_listening(addr) && Instant::now() < deadline {
+            while !listens(pid, addr) && Instant::now() < deadline {
                 if let Ok(Some(_)) = driver.try_wait() {
                     break;
                 }
@@ -69,7 +70,7 @@ impl Browser {
                 addr: addr.into(),
                 session: None,
             };
-            if !is_listening(addr) {
+            if !listens(pid, addr) {
                 failures.push_str(&format!("\n  port {port}: {}", browser.stop_driver()));
                 continue;
             }

@@ -124,24 +124,65 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Whether some socket is in LISTEN state on `addr`, read from `/proc/net/tcp`.
+/// Whether process `pid` itself holds a socket listening on `addr` (TCP, `/proc/net/tcp`), not
+/// just anyone: a port handed out by `free_port` can be taken by another test's listener in
+/// the moment before pen binds it, and then pen exits while the port still listens.
 ///
-/// Readiness is checked this way rather than by connecting, because a probe connection would be
+/// Readiness is read from `/proc` rather than by connecting, because a probe connection would be
 /// a client to pen: it would move the round-robin cursor, enter the client table and count
 /// against limits, changing the very placements the tests compare.
-pub fn is_listening(addr: SocketAddrV4) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+pub fn listens(pid: u32, addr: SocketAddrV4) -> bool {
+    owns_any(pid, &listen_inodes(&tcp_table_key(addr), false))
+}
+
+/// `addr` as `/proc/net/tcp` shows a local address: the in-memory u32 in hex (the octets
+/// reversed on little-endian machines), a colon, the port in hex.
+pub fn tcp_table_key(addr: SocketAddrV4) -> String {
+    let ip = format!("{:08X}", u32::from_ne_bytes(addr.ip().octets()));
+    format!("{ip}:{:04X}", addr.port())
+}
+
+/// The inodes of the sockets in LISTEN state whose local address is `local`, from
+/// `/proc/net/tcp` (or `/proc/net/tcp6` if `v6`).
+pub fn listen_inodes(local: &str, v6: bool) -> Vec<u64> {
+    let path = if v6 {
+        "/proc/net/tcp6"
+    } else {
+        "/proc/net/tcp"
+    };
+    let Ok(table) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl, local_address, rem_address, st, tx:rx, tr:when, retrnsmt, uid, timeout, inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&local) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether one of `inodes` is a socket among process `pid`'s open descriptors.
+pub fn owns_any(pid: u32, inodes: &[u64]) -> bool {
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
-    // /proc shows the address as the in-memory u32 in hex, i.e. the octets reversed on x86 and
-    // other little-endian machines.
-    let ip = format!("{:08X}", u32::from_ne_bytes(addr.ip().octets()));
-    let want = format!("{ip}:{:04X}", addr.port());
-    table.lines().skip(1).any(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1);
-        let state = fields.nth(1);
-        local == Some(want.as_str()) && state == Some("0A")
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
     })
 }
 
@@ -440,7 +481,7 @@ impl Pen {
         let deadline = Instant::now() + READY_TIMEOUT;
         let child = self.child.as_mut().expect("a started pen has a child");
         loop {
-            if is_listening(self.addr) {
+            if listens(child.id(), self.addr) {
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -451,6 +492,11 @@ impl Pen {
             }
             thread::sleep(POLL);
         }
+    }
+
+    /// The process's ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Where clients connect.

@@ -99,15 +99,37 @@ pub fn free_udp_port() -> u16 {
 
 /// Whether a UDP socket is bound to `port` (any address, IPv4 or IPv6), from /proc.
 pub fn udp_bound(port: u16) -> bool {
+    !udp_inodes(port).is_empty()
+}
+
+/// Whether process `pid` itself has a UDP socket bound to `port` (someone else's socket on a port
+/// `free_udp_port` handed out would look the same to `udp_bound`).
+pub fn udp_bound_by(pid: u32, port: u16) -> bool {
+    crate::owns_any(pid, &udp_inodes(port))
+}
+
+/// The inodes of the UDP sockets bound to `port`, on any address, IPv4 or IPv6.
+fn udp_inodes(port: u16) -> Vec<u64> {
     let want = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|table| {
-        fs::read_to_string(table).is_ok_and(|text| {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|text| {
             text.lines()
                 .skip(1)
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .any(|local| local.ends_with(&want))
+                .filter_map(|line| {
+                    // sl, local_address, rem_address, st, tx:rx, tr:when, retrnsmt, uid, timeout,
+                    // inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields
+                        .get(1)?
+                        .ends_with(&want)
+                        .then(|| fields.get(9)?.parse().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
         })
-    })
+        .collect()
 }
 
 /// Has the process a handler for SIGTERM (SigCgt in /proc/PID/status)?
@@ -173,7 +195,7 @@ impl Daemon {
                     ));
                     break;
                 }
-                if udp_bound(port) && catches_term(pid) {
+                if udp_bound_by(pid, port) && catches_term(pid) {
                     return d;
                 }
                 if Instant::now() >= deadline {

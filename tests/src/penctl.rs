@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, is_listening, run_to_exit, Output, Pen, LISTEN, READY_TIMEOUT};
+use crate::{
+    free_port, listen_inodes, owns_any, run_to_exit, tcp_table_key, Output, Pen, LISTEN,
+    READY_TIMEOUT,
+};
 
 /// Where Debian installs the C penctl (it comes with the pen package).
 pub const C_PENCTL: &str = "/usr/bin/penctl";
@@ -77,32 +80,43 @@ impl Control {
         }
     }
 
-    fn is_ready(&self) -> bool {
-        match self {
-            Control::V4(port) => is_listening(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)),
-            Control::V6(port) => is_listening_v6_loopback(*port),
-            Control::Unix(path) => std::fs::read_to_string("/proc/net/unix").is_ok_and(|t| {
-                t.lines()
-                    .any(|l| l.ends_with(&format!(" {}", path.display())))
-            }),
-        }
+    /// Whether process `pid` listens on this control address (its own socket, not just anyone's:
+    /// see `listens`).
+    fn is_ready(&self, pid: u32) -> bool {
+        let inodes = match self {
+            Control::V4(port) => listen_inodes(
+                &tcp_table_key(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)),
+                false,
+            ),
+            // ::1 as /proc prints it: four 32-bit words in host order.
+            Control::V6(port) => listen_inodes(
+                &format!("00000000000000000000000001000000:{port:04X}"),
+                true,
+            ),
+            Control::Unix(path) => unix_listen_inodes(path),
+        };
+        owns_any(pid, &inodes)
     }
 }
 
-/// Whether `[::1]:port` is in LISTEN state, from /proc/net/tcp6 (no probe connection, which
-/// pen would take as a control command).
-fn is_listening_v6_loopback(port: u16) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp6") else {
-        return false;
+/// The inodes of the Unix sockets bound to `path` in LISTEN state, from /proc/net/unix (no probe
+/// connection, which pen would take as a control command).
+fn unix_listen_inodes(path: &Path) -> Vec<u64> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
     };
-    // ::1 as /proc prints it: four 32-bit words in host order.
-    let want = format!("00000000000000000000000001000000:{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1);
-        let state = fields.nth(1);
-        local == Some(want.as_str()) && state == Some("0A")
-    })
+    let path = path.display().to_string();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num, RefCount, Protocol, Flags, Type, St (01: unconnected, a listener), Inode, Path
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(7) == Some(&path.as_str()) && fields.get(5) == Some(&"01"))
+                .then(|| fields.get(6)?.parse().ok())
+                .flatten()
+        })
+        .collect()
 }
 
 /// A pen with a control port. Dropping it stops pen.
@@ -126,8 +140,9 @@ impl ControlledPen {
         args.push(LISTEN);
         args.extend(servers.iter().map(String::as_str));
         let pen = Pen::start(bin, &args);
+        let pid = pen.pid().expect("a started pen runs");
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !control.is_ready() {
+        while !control.is_ready(pid) {
             assert!(
                 Instant::now() < deadline,
                 "{} {args:?}: the control port {ctl} is not listening after {READY_TIMEOUT:?}",

@@ -458,7 +458,11 @@ fn penlogd_pid_file_is_written_and_removed_on_term() {
     let pid_file = dir.join("penlogd.pid");
     let pid_arg = dir.arg("penlogd.pid");
     let mut daemon = Daemon::start(&our_bin("penlogd"), &["-f", "-p", &pid_arg]);
-    let written = std::fs::read_to_string(&pid_file).expect("pid file");
+    // penlogd writes it (atomically) once it has bound its port and dropped privileges, a
+    // moment after the port shows as bound.
+    let written = wait_for("the pid file", WAIT, || {
+        std::fs::read_to_string(&pid_file).ok()
+    });
     assert_eq!(written.trim(), daemon.pid().to_string());
     assert_eq!(daemon.stop().and_then(|s| s.code()), Some(0));
     assert!(!pid_file.exists(), "pid file left behind");
