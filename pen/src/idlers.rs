@@ -53,7 +53,7 @@ impl Drop for Guard<'_> {
 /// One idler: connect (failing over as the balancer says), then wait for the server to close.
 async fn idle(shared: Arc<Shared>) {
     let (mut admission, settings) =
-        shared.with(|b| (b.admit_idler(Instant::now()), b.settings.clone()));
+        shared.with(|b| (b.admit_idler(Instant::now()), b.settings.conn_options()));
     let mut guard = Guard(&shared, None);
     loop {
         let Admission::Connect { conn, backend, .. } = admission else {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 
 use crate::addr::{Backend, ListenAddr};
-use crate::balancer::{Peer, Settings};
+use crate::balancer::{ConnOptions, Peer};
 
 /// A connected stream to a client or a server.
 #[derive(Debug)]
@@ -422,7 +422,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
 /// client's address, which `transparent` connects from.
 pub async fn connect(
     backend: &Backend,
-    settings: &Settings,
+    settings: &ConnOptions,
     client: Option<IpAddr>,
 ) -> io::Result<Stream> {
     match backend {
@@ -445,7 +445,7 @@ pub async fn connect(
 /// pen). Both data planes connect through it.
 pub(crate) fn upstream_socket(
     sa: SocketAddr,
-    settings: &Settings,
+    settings: &ConnOptions,
     client: Option<IpAddr>,
 ) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
@@ -479,7 +479,7 @@ pub enum SourceSkipped {
 /// The local address an upstream connection to `server` should be made from: `source` if set,
 /// else the client's address under `transparent` (a Unix-socket client has none), else none.
 pub fn upstream_source(
-    settings: &Settings,
+    settings: &ConnOptions,
     client: Option<IpAddr>,
     server: SocketAddr,
 ) -> Result<Option<IpAddr>, SourceSkipped> {
@@ -530,13 +530,15 @@ pub fn is_local_failure(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::Settings;
 
-    fn settings(source: Option<&str>, transparent: bool) -> Settings {
+    fn settings(source: Option<&str>, transparent: bool) -> ConnOptions {
         Settings {
             source: source.map(|s| s.parse().unwrap()),
             transparent,
             ..Settings::default()
         }
+        .conn_options()
     }
 
     #[test]
@@ -579,7 +581,7 @@ mod tests {
     }
 
     /// The address the server sees for a connection made with `settings`.
-    async fn seen_by_server(settings: &Settings) -> IpAddr {
+    async fn seen_by_server(settings: &ConnOptions) -> IpAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Backend::Tcp(listener.local_addr().unwrap());
         let (connected, accepted) = tokio::join!(
@@ -621,7 +623,8 @@ mod tests {
             let settings = Settings {
                 tcp_nodelay,
                 ..Settings::default()
-            };
+            }
+            .conn_options();
             let (upstream, accepted) =
                 tokio::join!(connect(&backend, &settings, None), listener.accept());
             let mut upstream = upstream.unwrap();

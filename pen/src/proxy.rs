@@ -188,7 +188,7 @@ async fn serve(
     };
     let (admission, settings) = shared.with(|b| {
         let admission = (!b.settings.dummy).then(|| b.admit(peer, Instant::now()));
-        (admission, b.settings.clone())
+        (admission, b.settings.conn_options())
     });
     if settings.tcp_nodelay {
         client.set_nodelay();
@@ -367,7 +367,7 @@ pub(crate) fn client_limit_reached(shared: &Shared, peer: Peer) {
 }
 
 /// pen's `dummy` mode: answer the client's first chunk with a fixed page, contacting no server.
-async fn dummy(mut client: Stream, settings: &crate::balancer::Settings) {
+async fn dummy(mut client: Stream, settings: &crate::balancer::ConnOptions) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const PAGE: &[u8] =
         b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nContent-Type: text/html\r\n\r\nUlric was here.";

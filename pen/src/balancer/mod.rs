@@ -140,6 +140,39 @@ impl Default for Settings {
     }
 }
 
+/// What one connection reads of the settings after its admission, taken then and kept for its
+/// life (the settings may change meanwhile): its connects, its relay, `dummy`'s wait. A
+/// connection keeps this, not the whole `Settings` (a third of its size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnOptions {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub fastclose: FastClose,
+    pub tcp_nodelay: bool,
+    pub keepalive: bool,
+    pub http: bool,
+    pub xff: XffMode,
+    pub transparent: bool,
+    pub source: Option<IpAddr>,
+}
+
+impl Settings {
+    /// The part of the settings a new connection keeps.
+    pub fn conn_options(&self) -> ConnOptions {
+        ConnOptions {
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            fastclose: self.fastclose,
+            tcp_nodelay: self.tcp_nodelay,
+            keepalive: self.keepalive,
+            http: self.http,
+            xff: self.xff,
+            transparent: self.transparent,
+            source: self.source,
+        }
+    }
+}
+
 /// `tcp_fastclose`: close the whole connection as soon as one side has finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FastClose {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::addr::Backend;
-use crate::balancer::{ConnCounters, ConnId, FastClose, Peer, Settings, Target};
+use crate::balancer::{ConnCounters, ConnId, ConnOptions, FastClose, Peer, Target};
 use crate::http::{Proto, Rewriter};
 use crate::net::{upstream_socket, Nagle};
 use crate::relay::{Pumps, RelayEnd, Verbatim};
@@ -166,7 +166,7 @@ impl AsyncWrite for Sock {
 /// `connect_result` then says how.
 pub(super) fn start_connect(
     backend: &Backend,
-    settings: &Settings,
+    settings: &ConnOptions,
     client: Option<IpAddr>,
 ) -> io::Result<Sock> {
     let (socket, addr, tcp) = match backend {
@@ -233,7 +233,7 @@ pub(super) struct Connecting {
 pub(super) struct Conn {
     pub client: Sock,
     pub peer: Peer,
-    pub settings: Settings,
+    pub options: ConnOptions,
     pub state: State,
     /// The balancer's connection, released when the engine closes this one.
     pub id: Option<ConnId>,
@@ -286,7 +286,7 @@ impl Relay {
         conn: ConnId,
         server: Sock,
         counters: Arc<ConnCounters>,
-        settings: &Settings,
+        settings: &ConnOptions,
         backend: &Backend,
         peer: Peer,
         now: Instant,
@@ -378,7 +378,7 @@ pub(super) fn dummy_step(client: &mut Sock) -> Option<()> {
 }
 
 /// How long `dummy` waits for the client's first chunk.
-pub(super) fn dummy_wait(settings: &Settings) -> Duration {
+pub(super) fn dummy_wait(settings: &ConnOptions) -> Duration {
     if settings.idle_timeout.is_zero() {
         Duration::from_secs(60)
     } else {
@@ -389,6 +389,7 @@ pub(super) fn dummy_wait(settings: &Settings) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::Settings;
     use std::os::unix::net::UnixStream;
 
     /// A socket pair: the peer's end (blocking, for the test) and pen's (non-blocking).
@@ -410,7 +411,7 @@ mod tests {
             ConnId(0),
             server,
             Arc::new(ConnCounters::default()),
-            &Settings::default(),
+            &Settings::default().conn_options(),
             &backend,
             peer,
             Instant::now(),

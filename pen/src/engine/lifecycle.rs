@@ -35,7 +35,7 @@ impl Engine {
             };
             let c = self.conn(token);
             c.id = Some(conn);
-            let failure = match conn::start_connect(&backend, &c.settings, c.peer.ip) {
+            let failure = match conn::start_connect(&backend, &c.options, c.peer.ip) {
                 Ok(server) => {
                     let server_token = token | 1;
                     if let Err(e) = self.epoll.add(server.socket.as_fd(), edge(server_token)) {
@@ -43,7 +43,7 @@ impl Engine {
                         return self.close(token);
                     }
                     let c = self.conn(token);
-                    let deadline = now + c.settings.connect_timeout;
+                    let deadline = now + c.options.connect_timeout;
                     c.state = State::Connecting(Connecting {
                         conn,
                         target,
@@ -190,7 +190,7 @@ impl Engine {
                 .poll(&mut cx)
                 .is_ready()
         };
-        let relay = Relay::new(conn, server, counters, &c.settings, &backend, c.peer, now);
+        let relay = Relay::new(conn, server, counters, &c.options, &backend, c.peer, now);
         if !relay.idle.is_zero() {
             self.timers.push(Reverse((now + relay.idle, token)));
         }

@@ -370,7 +370,7 @@ impl Engine {
         let shared = &self.setup.shared;
         let (admission, settings) = shared.with(|b| {
             let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
-            (admission, b.settings.clone())
+            (admission, b.settings.conn_options())
         });
         let mut client = Sock::new(socket, tcp);
         if settings.tcp_nodelay {
@@ -407,7 +407,7 @@ impl Engine {
         self.slots[slot as usize].conn = Some(Box::new(Conn {
             client,
             peer,
-            settings,
+            options: settings,
             state,
             id: None,
             _permit: permit,
