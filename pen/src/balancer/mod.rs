@@ -100,8 +100,8 @@ pub struct Settings {
     /// `dsr_if IFACE`: direct server return on this interface instead of relaying (read at
     /// start-up only).
     pub dsr_if: Option<String>,
-    /// `-w` / `web_stats`: where SIGUSR1 and `status` write the HTML status page. An `Arc` so
-    /// that the per-connection copy of the settings costs no allocation.
+    /// `-w` / `web_stats`: where SIGUSR1 and `status` write the HTML status page. An `Arc`, so
+    /// that a copy of the settings costs no allocation.
     pub web_stats: Option<Arc<Path>>,
     /// What `-H` does with a client's own X-Forwarded-For and X-Forwarded-Proto.
     pub xff: XffMode,
