@@ -524,7 +524,13 @@ fn idlers_keep_upstream_connections_open_and_are_replaced() {
     wait_until("two idlers", Duration::from_secs(5), || {
         (c.ctl("idlers") == "Idlers: 2/2\n").then_some(())
     });
-    assert_eq!(a.open_connections() + b.open_connections(), 2);
+    // pen's connect completes with the kernel's handshake, before the backend's accept loop
+    // has taken the connection: wait (bounded) for both backends to hold theirs.
+    wait_until(
+        "the backends to accept both idlers",
+        Duration::from_secs(5),
+        || (a.open_connections() + b.open_connections() == 2).then_some(()),
+    );
     let servers = c.ctl("servers");
     assert!(servers.contains("conn 1"), "{servers}");
     assert_eq!(c.ctl("idlers 0"), "Idlers: 2/2\n");
