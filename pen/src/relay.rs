@@ -58,6 +58,28 @@ impl Rewrite for Verbatim {
     fn finish(&mut self, _out: &mut Vec<u8>) {}
 }
 
+/// A stream the relay moves bytes between: tokio's reading and writing, and two hints with which
+/// a socket sends a direction's last bytes and its FIN in one segment, as a server that writes
+/// and closes does. Without them (the defaults: TLS, tokio's sockets) the FIN is a segment of
+/// its own, which the peer acknowledges on its own too.
+pub trait Endpoint: AsyncRead + AsyncWrite + Unpin {
+    /// The peer's FIN has arrived and the last read emptied the socket, so the next read returns
+    /// 0 (or an error). Only a hint: the relay still reads to find out.
+    fn fin_follows(&self) -> bool {
+        false
+    }
+
+    /// `poll_write` of bytes that a shutdown or the close follows at once, in the same call of
+    /// the relay: the FIN may wait for them and ride on their last segment.
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write(cx, data)
+    }
+}
+
 /// Which side of the connection an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -116,8 +138,8 @@ impl Half {
         rewrite: &mut X,
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        R: Endpoint,
+        W: Endpoint,
         X: Rewrite,
     {
         // The bool in the error says whether it came from the source (true) or the destination.
@@ -204,18 +226,40 @@ impl Half {
                             .into()
                     }
                     Poll::Ready(Ok(())) => {
+                        let read = buf.filled().len();
+                        // The source's FIN came with these bytes (a server that answers and
+                        // closes): read it now, so the bytes and the FIN leave in one segment.
+                        let mut then_eof = None;
+                        if src.fin_follows() && buf.remaining() > 0 {
+                            then_eof = match Pin::new(&mut *src).poll_read(cx, &mut buf) {
+                                Poll::Ready(Ok(())) if buf.filled().len() == read => Some(Ok(())),
+                                Poll::Ready(Err(e)) => Some(Err(e)),
+                                // More bytes (sent on with these) or nothing yet.
+                                Poll::Ready(Ok(())) | Poll::Pending => None,
+                            };
+                        }
                         let data = buf.filled();
                         seen(data);
                         crate::dump::chunk(data);
                         count(data.len());
                         *progress = true;
                         // Write straight from the scratch buffer; keep only what does not fit.
-                        let sent = match write_now(cx, dst, data) {
+                        let sent = match then_eof {
+                            Some(Ok(())) => write_last(cx, dst, data),
+                            _ => write_now(cx, dst, data),
+                        };
+                        let sent = match sent {
                             Ok(sent) => sent,
                             Err(e) => return Poll::Ready(Err(e)),
                         };
                         self.unflushed |= sent > 0;
                         self.pending.extend_from_slice(&data[sent..]);
+                        match then_eof {
+                            // The loop goes on to the shutdown (or the caller to the close).
+                            Some(Ok(())) => self.eof = true,
+                            Some(Err(e)) => return Poll::Ready(Err((true, e))),
+                            None => {}
+                        }
                         Poll::Ready(Ok(()))
                     }
                 }
@@ -247,6 +291,21 @@ fn write_now<W: AsyncWrite + Unpin>(
         }
     }
     Ok(sent)
+}
+
+/// `write_now` for a direction's last bytes (`Endpoint::poll_write_last`): the first write
+/// may hold them for the FIN; what the destination does not take goes out as usual later.
+fn write_last<W: Endpoint>(
+    cx: &mut Context<'_>,
+    dst: &mut W,
+    data: &[u8],
+) -> Result<usize, (bool, io::Error)> {
+    match Pin::new(&mut *dst).poll_write_last(cx, data) {
+        Poll::Ready(Ok(0)) if !data.is_empty() => Err((false, zero_write())),
+        Poll::Ready(Ok(n)) => Ok(n + write_now(cx, dst, &data[n..])?),
+        Poll::Ready(Err(e)) => Err((false, e)),
+        Poll::Pending => Ok(0),
+    }
 }
 
 fn zero_write() -> io::Error {
@@ -282,8 +341,8 @@ impl Pumps {
         progress: &mut bool,
     ) -> Poll<RelayEnd>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        S: AsyncRead + AsyncWrite + Unpin,
+        C: Endpoint,
+        S: Endpoint,
         X: Rewrite,
     {
         let (up, down) = (&mut self.up, &mut self.down);
@@ -347,8 +406,8 @@ pub async fn relay<C, S>(
     from_client: impl Fn(&[u8]),
 ) -> RelayEnd
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    C: Endpoint,
+    S: Endpoint,
 {
     relay_rewriting(
         client,
@@ -372,8 +431,8 @@ pub async fn relay_rewriting<C, S, X>(
     rewrite: &mut X,
 ) -> RelayEnd
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    C: Endpoint,
+    S: Endpoint,
     X: Rewrite,
 {
     let mut pumps = Pumps::default();
@@ -418,7 +477,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    impl Endpoint for DuplexStream {}
 
     fn options() -> RelayOptions {
         RelayOptions {

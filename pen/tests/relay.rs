@@ -163,6 +163,49 @@ fn server_half_close_keeps_the_other_direction_open() {
     pen.finish();
 }
 
+/// A server that answers and closes sends its last bytes and its FIN in one segment; pen
+/// passes them on the same way, so the client's kernel has one segment fewer to take and
+/// acknowledges both at once (C pen sends the FIN on its own). Counted by `ss`: by the time the
+/// client has read EOF its socket has received the SYN-ACK, pen's ACK of the request and the
+/// reply with the FIN; a separate FIN would make four.
+#[test]
+fn a_reply_and_its_fin_leave_in_one_segment_as_they_came() {
+    let backend = Backend::tcp(|s| {
+        let Stream::Tcp(t) = s else { return };
+        let mut b = [0u8; 64];
+        if !matches!((&t).read(&mut b), Ok(n) if n > 0) {
+            return;
+        }
+        // MSG_MORE holds the reply until the shutdown adds the FIN to it.
+        let _ = socket2::SockRef::from(&t).send_with_flags(b"reply\n", nix::libc::MSG_MORE);
+        let _ = t.shutdown(Shutdown::Write);
+        let _ = drain(&mut &t);
+    });
+    let pen = Pen::start(&[], &[backend.spec()]);
+    for _ in 0..3 {
+        let mut client = pen.connect_from(2);
+        client.write_all(b"ask\n").unwrap();
+        assert_eq!(read_all(&mut client), b"reply\n");
+        let port = client.local_addr().unwrap().port();
+        let ss = std::process::Command::new("ss")
+            .args(["-Htin", "src", &format!("127.0.0.2:{port}")])
+            .output()
+            .expect("ss (iproute2)");
+        let info = String::from_utf8_lossy(&ss.stdout);
+        let segs_in: u32 = info
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix("segs_in:"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no segs_in in ss's answer: {info:?}"));
+        assert!(
+            segs_in <= 3,
+            "the client's socket received {segs_in} segments (want 3: the reply's FIN came on \
+             its own); ss:\n{info}"
+        );
+    }
+    pen.finish();
+}
+
 #[test]
 fn server_speaks_first() {
     let backend = Backend::banner("220 ready\r\n");

@@ -4,7 +4,7 @@
 //! epoll reports readiness.
 
 use std::cell::Cell;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,8 +86,9 @@ impl Sock {
         result
     }
 
-    /// Write as much of `data` as the socket takes now.
-    fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
+    /// Write as much of `data` as the socket takes now. `flags` go to the first send only
+    /// (`MSG_MORE` for bytes a FIN follows).
+    fn write_now(&mut self, data: &[u8], mut flags: nix::libc::c_int) -> io::Result<usize> {
         let mut sent = 0;
         while sent < data.len() && self.writable {
             match self.nagle {
@@ -100,7 +101,9 @@ impl Sock {
                 }
                 Nagle::Keep | Nagle::Off => {}
             }
-            match (&self.socket).write(&data[sent..]) {
+            let wrote = self.socket.send_with_flags(&data[sent..], flags);
+            flags = 0;
+            match wrote {
                 Ok(0) => return Err(zero_write()),
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
@@ -146,7 +149,7 @@ impl AsyncWrite for Sock {
         _cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().write_now(data) {
+        match self.get_mut().write_now(data, 0) {
             Ok(0) if !data.is_empty() => Poll::Pending,
             result => Poll::Ready(result),
         }
@@ -158,6 +161,27 @@ impl AsyncWrite for Sock {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// The FIN rides on the last bytes: epoll reported it (`closed`) and a short read emptied the
+/// socket, so the relay reads the 0 before it writes; then those bytes go out with `MSG_MORE`,
+/// which holds the segment until the shutdown (or the close) that follows at once adds the FIN.
+impl crate::relay::Endpoint for Sock {
+    fn fin_follows(&self) -> bool {
+        self.closed && !self.readable
+    }
+
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let flags = if self.tcp { nix::libc::MSG_MORE } else { 0 };
+        match self.get_mut().write_now(data, flags) {
+            Ok(0) if !data.is_empty() => Poll::Pending,
+            result => Poll::Ready(result),
+        }
     }
 }
 
@@ -368,7 +392,7 @@ pub(super) fn dummy_step(client: &mut Sock) -> Option<()> {
         Ok(0) => Some(()),
         Ok(_) => {
             // The page fits in any socket's buffer; what does not go at once is not retried.
-            let _ = client.write_now(DUMMY_PAGE);
+            let _ = client.write_now(DUMMY_PAGE, 0);
             let _ = client.socket.shutdown(std::net::Shutdown::Write);
             Some(())
         }
@@ -390,6 +414,7 @@ pub(super) fn dummy_wait(settings: &ConnOptions) -> Duration {
 mod tests {
     use super::*;
     use crate::balancer::Settings;
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
 
     /// A socket pair: the peer's end (blocking, for the test) and pen's (non-blocking).
