@@ -4,12 +4,6 @@ use std::process::ExitCode;
 
 use pen::cli::{self, Invocation};
 
-/// Every connection allocates its task and I/O registrations (cache-line aligned) and a few
-/// small objects; glibc's malloc takes a slow path for aligned blocks, mimalloc does not (in a
-/// profile of `http-close`, the allocator's share of pen's CPU fell from about 2% to under 1%).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = match cli::parse(&args) {
