@@ -207,6 +207,10 @@ pub enum CliError {
         text: String,
         source: ControlError,
     },
+    #[error(
+        "-{flag} '{text}': a line break inside the command (give each command its own -{flag})"
+    )]
+    CommandLineBreak { flag: char, text: String },
 }
 
 /// Parse `args` (without the program name).
@@ -438,7 +442,17 @@ impl Raw {
             }
 
             'o' | 'O' => {
-                let cmd = control::parse(v).map_err(|source| CliError::Command {
+                // One -o is one command. pen 0.34.1 ended it at the first CR or LF and
+                // silently dropped the rest; a line ending at the very end is harmless.
+                let text = v.strip_suffix('\n').unwrap_or(v);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                if text.contains(['\r', '\n']) {
+                    return Err(CliError::CommandLineBreak {
+                        flag: letter,
+                        text: v.escape_debug().to_string(),
+                    });
+                }
+                let cmd = control::parse(text).map_err(|source| CliError::Command {
                     flag: letter,
                     text: v.to_string(),
                     source,

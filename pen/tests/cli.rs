@@ -94,6 +94,10 @@ fn bad_input_exits_1_naming_the_argument_before_binding() {
         (vec![&l, "127.0.0.1:80:1:2:3:4:5"], "127.0.0.1:80:1:2:3:4:5"),
         (vec![&l, ""], "''"),
         (vec!["-o", "idle_timeout x", &l, s], "idle_timeout x"),
+        (
+            vec!["-o", "server 1 address 127.0.0.2\rport 99", &l, s],
+            "-o 'server 1 address 127.0.0.2\\rport 99': a line break",
+        ),
         (vec!["-f"], "no listen address"),
     ];
     for (args, named) in cases {

@@ -99,6 +99,38 @@ fn bad_input_names_the_argument() {
 }
 
 #[test]
+fn a_line_break_inside_an_o_command_is_refused_and_a_trailing_one_is_not() {
+    // pen 0.34.1 ran `server 1 address 127.0.0.2` and dropped `port 99` without a word.
+    for broken in [
+        "server 1 address 127.0.0.2\rport 99",
+        "server 1 address 127.0.0.2\nport 99",
+        "no log\r\nblacklist 5",
+    ] {
+        for letter in ["-o", "-O"] {
+            let args = [letter, broken, "8080", "127.0.0.1"].map(String::from);
+            let e = parse(&args).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{letter} '"))
+                    && e.contains(&broken.escape_debug().to_string())
+                    && e.contains("line break"),
+                "{broken:?}: {e}"
+            );
+        }
+    }
+    for trailing in ["blacklist 7\n", "blacklist 7\r\n"] {
+        let args = ["-o", trailing, "8080", "127.0.0.1"].map(String::from);
+        let Ok(Invocation::Run(o)) = parse(&args) else {
+            panic!("{trailing:?} was refused");
+        };
+        assert_eq!(
+            o.settings.blacklist_time,
+            Duration::from_secs(7),
+            "{trailing:?}"
+        );
+    }
+}
+
+#[test]
 fn control_port_binds_loopback_for_a_bare_port() {
     let o = run("-C 1234 -X -F /etc/pen.cfg -B 127.0.0.1:99 8080 127.0.0.1");
     let (text, addr) = o.control.unwrap();

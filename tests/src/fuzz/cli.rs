@@ -138,6 +138,10 @@ fn check_error(args: &[String], w: &Walk, e: &CliError) {
         CliError::Command { flag, text, .. } => {
             m.contains(&format!("'{text}'")) && given(*flag).any(|(_, v)| v == text)
         }
+        CliError::CommandLineBreak { flag, text } => {
+            m.contains(&format!("'{text}'"))
+                && given(*flag).any(|(_, v)| v.escape_debug().to_string() == *text)
+        }
     };
     assert!(named, "{args:?}: the error does not name the argument: {m}");
 }
@@ -157,7 +161,7 @@ const MAX_ARGS: usize = 32;
 ///   never sockets.
 /// - A refusal names the offending argument: the unknown option, the option missing its
 ///   value, the bad value with its option letter, the listener or server spec (quoted), the
-///   `-l` target, the `-o` command text.
+///   `-l` target, the `-o` command text (escaped when it has a line break inside).
 /// - An accepted command line keeps the listener as written and parsed, turns each further
 ///   positional into one server in order (with the listener's port lent), binds a bare `-C`
 ///   port to 127.0.0.1 only, keeps every value within pen's bounds (connect timeout >= 1 s,
