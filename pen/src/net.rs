@@ -20,7 +20,7 @@ pub enum Stream {
     Tcp(TcpStream, Nagle),
     Unix(UnixStream),
     /// A client whose TLS handshake completed (`tls::Tls::accept`): reads give plaintext.
-    Tls(Box<tokio_rustls::server::TlsStream<Stream>>),
+    Tls(Box<crate::tls::TlsClient<Stream>>),
 }
 
 /// When a TCP stream turns Nagle's algorithm off (TCP_NODELAY). Nagle cannot hold back a
@@ -51,7 +51,7 @@ impl Stream {
         match self {
             Stream::Tcp(s, _) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tls(s) => s.get_ref().0.raw_fd(),
+            Stream::Tls(s) => s.io().raw_fd(),
         }
     }
 
@@ -65,7 +65,7 @@ impl Stream {
             }
             Stream::Tcp(..) | Stream::Unix(_) => {}
             Stream::Tls(s) => {
-                if let Stream::Tcp(s, nagle) = &mut s.get_mut().0 {
+                if let Stream::Tcp(s, nagle) = s.io_mut() {
                     let _ = s.set_nodelay(true);
                     *nagle = Nagle::Off;
                 }
@@ -83,7 +83,7 @@ impl Stream {
         match self {
             Stream::Tcp(s, _) => Some(s),
             Stream::Unix(_) => None,
-            Stream::Tls(s) => s.get_ref().0.tcp(),
+            Stream::Tls(s) => s.io().tcp(),
         }
     }
 
@@ -119,25 +119,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s, _) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            // A client that closes its TCP connection without TLS's close_notify is treated
-            // as having sent EOF, as a plain TCP client would be: the relay half-closes towards
-            // the server and lets the other direction finish, instead of failing both.
-            Stream::Tls(s) => {
-                let read = Pin::new(&mut **s).poll_read(cx, buf);
-                // Reading can make rustls queue a message of its own (the refusal of a
-                // renegotiation, the answer to a key update). Send it now: the relay writes to
-                // this stream only when the server has something to say. Best effort: if the
-                // socket is full it goes out with the next write.
-                if s.get_ref().1.wants_write() {
-                    let _ = Pin::new(&mut **s).poll_flush(cx);
-                }
-                match read {
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        Poll::Ready(Ok(()))
-                    }
-                    other => other,
-                }
-            }
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }

@@ -13,17 +13,16 @@
 
 mod config;
 mod files;
+mod stream;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use rustls::server::Acceptor;
-use tokio_rustls::LazyConfigAcceptor;
-
 use crate::net::Stream;
 pub use config::{CipherChoice, Protocols};
+pub use stream::{Handshake, TlsClient};
 
 /// How long a client may take to complete its handshake. Until then it holds a `-x` slot but no
 /// server; a silent or slow client is closed when this runs out.
@@ -224,21 +223,20 @@ impl Tls {
             .clone()
     }
 
-    /// Run the server side of the handshake on a freshly accepted client, within the handshake
-    /// timeout. The configuration is chosen by the client's SNI name once its ClientHello is
+    /// The server side of the handshake on a freshly accepted client, under the configuration
+    /// in use now. The configuration is chosen by the client's SNI name once its ClientHello is
     /// in; a client that sends anything but a TLS 1.2 or 1.3 ClientHello gets an alert (where
-    /// TLS allows one) and an error.
+    /// TLS allows one) and an error. The caller bounds it by `Handshake::timeout`.
+    pub fn handshake<IO>(&self, client: IO) -> Handshake<IO> {
+        Handshake::new(self.contexts(), client)
+    }
+
+    /// `handshake` within its timeout, on tokio.
     pub async fn accept(&self, client: Stream) -> Result<Stream, HandshakeError> {
-        let contexts = self.contexts();
-        let timeout = contexts.handshake_timeout;
-        let handshake = async {
-            let start = LazyConfigAcceptor::new(Acceptor::default(), client).await?;
-            let config = contexts.choose(start.client_hello().server_name());
-            let stream = start.into_stream(config).await?;
-            Ok::<_, io::Error>(Stream::Tls(Box::new(stream)))
-        };
+        let handshake = self.handshake(client);
+        let timeout = handshake.timeout();
         match tokio::time::timeout(timeout, handshake).await {
-            Ok(result) => Ok(result?),
+            Ok(result) => Ok(Stream::Tls(Box::new(result?))),
             Err(_) => Err(HandshakeError::Timeout(timeout)),
         }
     }
