@@ -209,8 +209,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
-    // Without TLS, each thread runs the epoll engine; with it, a tokio runtime (see `engine`).
-    let on_engine = tls.is_none() && !tokio_plane_asked();
+    // Each thread runs the epoll engine (see `engine`), unless PEN_PLANE=tokio asks for tokio.
+    let on_engine = !tokio_plane_asked();
     let mut mailboxes = Vec::new();
     for i in 0..threads {
         let limits = Limits {
@@ -231,6 +231,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 limits,
                 phase,
                 mailbox,
+                tls,
             };
             thread.spawn(move || engine::run(setup, ready))
         } else {

@@ -131,6 +131,54 @@ fn a_large_transfer_through_tls_is_byte_exact_both_ways() {
     pen.finish();
 }
 
+/// A server that speaks first, sends more than the sockets hold and closes: a TLS client that
+/// starts reading late still gets every byte (pen stops reading the server while the client's
+/// socket is full, encrypted records included), then close_notify before the FIN.
+#[test]
+fn a_server_that_sends_and_closes_reaches_a_late_tls_reader_whole_with_close_notify() {
+    let setup = Setup::new();
+    let payload = pattern(7, 8 << 20);
+    let sent = payload.clone();
+    let talker = Backend::tcp(move |mut s| {
+        let _ = s.write_all(&sent);
+    });
+    let pen = setup.pen(&[], &[talker.spec()]);
+    let mut session = Client::new(&setup.ca, None)
+        .connect(pen.tcp(), "localhost")
+        .expect("handshake");
+    // Let pen fill the client's socket and hold the rest.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = Vec::new();
+    // Ok only with close_notify: a TCP close without it is UnexpectedEof.
+    session
+        .stream
+        .read_to_end(&mut got)
+        .expect("the whole reply, then close_notify");
+    assert_same_bytes("server-first reply through TLS", &got, &payload);
+    drop(session);
+    pen.finish();
+}
+
+/// `dummy` answers a TLS client too, over TLS, without a server.
+#[test]
+fn dummy_answers_over_tls() {
+    let setup = Setup::new();
+    let pen = setup.pen(&["-o", "dummy"], &[Dead::new().spec()]);
+    let mut session = Client::new(&setup.ca, None)
+        .connect(pen.tcp(), "localhost")
+        .expect("handshake");
+    session.stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    session.stream.flush().unwrap();
+    let page = session.read_to_end().expect("the page");
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK\r\n") && page.ends_with("Ulric was here."),
+        "{page:?}"
+    );
+    drop(session);
+    pen.finish();
+}
+
 #[test]
 fn client_certificates_are_required_and_checked_with_r() {
     let setup = Setup::new();

@@ -4,7 +4,7 @@
 //! epoll reports readiness.
 
 use std::cell::Cell;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,8 +19,10 @@ use crate::addr::Backend;
 use crate::balancer::{ConnCounters, ConnId, ConnOptions, FastClose, Peer, Target};
 use crate::http::{Proto, Rewriter};
 use crate::net::{upstream_socket, Nagle};
-use crate::relay::{Pumps, RelayEnd, Verbatim};
+use crate::relay::{Endpoint, Pumps, RelayEnd, Verbatim};
 use crate::reqlog::RequestLog;
+
+use super::client::Client;
 
 /// A socket and what epoll last told of it (edge-triggered: a flag stays set until a call
 /// finds the socket empty or full).
@@ -65,6 +67,14 @@ impl Sock {
         }
     }
 
+    /// TCP_NODELAY now: under TLS, whose handshake has already written.
+    pub fn set_nodelay_now(&mut self) {
+        if self.tcp {
+            let _ = self.socket.set_nodelay(true);
+            self.nagle = Nagle::Off;
+        }
+    }
+
     /// Make the close send a reset (see `Stream::reset_on_close`).
     pub fn reset_on_close(&self) {
         if self.tcp {
@@ -91,16 +101,7 @@ impl Sock {
     fn write_now(&mut self, data: &[u8], mut flags: nix::libc::c_int) -> io::Result<usize> {
         let mut sent = 0;
         while sent < data.len() && self.writable {
-            match self.nagle {
-                Nagle::OffAfterFirstWrite { written: false } => {
-                    self.nagle = Nagle::OffAfterFirstWrite { written: true }
-                }
-                Nagle::OffAfterFirstWrite { written: true } => {
-                    let _ = self.socket.set_nodelay(true);
-                    self.nagle = Nagle::Off;
-                }
-                Nagle::Keep | Nagle::Off => {}
-            }
+            self.before_send();
             let wrote = self.socket.send_with_flags(&data[sent..], flags);
             flags = 0;
             match wrote {
@@ -112,6 +113,39 @@ impl Sock {
             }
         }
         Ok(sent)
+    }
+}
+
+impl Sock {
+    /// `Nagle`'s step before each send.
+    fn before_send(&mut self) {
+        match self.nagle {
+            Nagle::OffAfterFirstWrite { written: false } => {
+                self.nagle = Nagle::OffAfterFirstWrite { written: true }
+            }
+            Nagle::OffAfterFirstWrite { written: true } => {
+                let _ = self.socket.set_nodelay(true);
+                self.nagle = Nagle::Off;
+            }
+            Nagle::Keep | Nagle::Off => {}
+        }
+    }
+
+    /// Send what of `bufs` the socket takes now, in one call: rustls hands over a TLS flight
+    /// as several records, which then leave together.
+    fn write_vectored_now(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        while total > 0 && self.writable {
+            self.before_send();
+            match self.socket.send_vectored(bufs) {
+                Ok(0) => return Err(zero_write()),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
     }
 }
 
@@ -153,6 +187,21 @@ impl AsyncWrite for Sock {
             Ok(0) if !data.is_empty() => Poll::Pending,
             result => Poll::Ready(result),
         }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().write_vectored_now(bufs) {
+            Ok(0) if bufs.iter().any(|b| !b.is_empty()) => Poll::Pending,
+            result => Poll::Ready(result),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -233,6 +282,12 @@ pub(super) fn connect_result(server: &mut Sock) -> Option<io::Result<()>> {
 
 /// What a connection is doing.
 pub(super) enum State {
+    /// TLS: the client's handshake, before it is admitted (so one that fails it never
+    /// touches the balancer or a server).
+    Handshake {
+        deadline: Instant,
+        timeout: Duration,
+    },
     /// `dummy`: waiting for the client's first chunk, to answer it with the fixed page.
     Dummy { deadline: Instant },
     /// Between servers: admitted and not yet connecting, or a connect just failed. Only ever
@@ -255,7 +310,7 @@ pub(super) struct Connecting {
 
 /// One client connection on the engine.
 pub(super) struct Conn {
-    pub client: Sock,
+    pub client: Client,
     pub peer: Peer,
     pub options: ConnOptions,
     pub state: State,
@@ -305,7 +360,17 @@ impl Wake for SetAgain {
     }
 }
 
+/// Run `f` with a context whose waker marks the step to run again before the engine sleeps;
+/// says whether it was woken.
+pub(super) fn with_context<R>(f: impl FnOnce(&mut Context<'_>) -> R) -> (R, bool) {
+    AGAIN.set(false);
+    let r = AGAIN_WAKER.with(|waker| f(&mut Context::from_waker(waker)));
+    (r, AGAIN.get())
+}
+
 impl Relay {
+    /// `tls`: the client came over TLS (`-H` then says `X-Forwarded-Proto: https`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: ConnId,
         server: Sock,
@@ -313,8 +378,10 @@ impl Relay {
         settings: &ConnOptions,
         backend: &Backend,
         peer: Peer,
+        tls: bool,
         now: Instant,
     ) -> Relay {
+        let proto = if tls { Proto::Https } else { Proto::Http };
         Relay {
             conn,
             server,
@@ -322,7 +389,7 @@ impl Relay {
             counters,
             rewriter: settings
                 .http
-                .then(|| Rewriter::new(peer.ip, Proto::Http, settings.xff)),
+                .then(|| Rewriter::new(peer.ip, proto, settings.xff)),
             idle: settings.idle_timeout,
             last_activity: now,
             fastclose: settings.fastclose,
@@ -335,17 +402,15 @@ impl Relay {
     }
 
     /// Move what the sockets allow, both ways.
-    pub fn step(&mut self, client: &mut Sock, reqlog: &RequestLog, now: Instant) -> Step {
+    pub fn step<C: Endpoint>(&mut self, client: &mut C, reqlog: &RequestLog, now: Instant) -> Step {
         let mut progress = false;
         let tap = reqlog.tap(self.client_ip, self.server_ip);
         let from_client = |data: &[u8]| tap.chunk(data);
-        AGAIN.set(false);
-        let step = AGAIN_WAKER.with(|waker| {
-            let mut cx = Context::from_waker(waker);
+        let (step, again) = with_context(|cx| {
             let (pumps, server, counters) = (&mut self.pumps, &mut self.server, &*self.counters);
             match self.rewriter.as_mut() {
                 Some(rewriter) => pumps.poll_step(
-                    &mut cx,
+                    cx,
                     client,
                     server,
                     counters,
@@ -355,7 +420,7 @@ impl Relay {
                     &mut progress,
                 ),
                 None => pumps.poll_step(
-                    &mut cx,
+                    cx,
                     client,
                     server,
                     counters,
@@ -371,14 +436,17 @@ impl Relay {
         }
         match step {
             Poll::Ready(end) => Step::End(end),
-            Poll::Pending if AGAIN.get() => Step::Again,
+            // Only a step that moved bytes may ask to run again before the engine sleeps: a
+            // stream that wakes itself without progress (tokio-rustls does, on a rustls state
+            // it calls abnormal) waits for epoll instead of spinning.
+            Poll::Pending if again && progress => Step::Again,
             Poll::Pending => Step::Wait,
         }
     }
 }
 
 /// pen's `dummy` page.
-const DUMMY_PAGE: &[u8] =
+pub(super) const DUMMY_PAGE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nContent-Type: text/html\r\n\r\nUlric was here.";
 
 /// `dummy`: read the client's first chunk and answer it. None while nothing has come yet;
@@ -439,6 +507,7 @@ mod tests {
             &Settings::default().conn_options(),
             &backend,
             peer,
+            false,
             Instant::now(),
         );
         (client_peer, client, server_peer, relay)
@@ -452,6 +521,22 @@ mod tests {
 
     fn at_eof(s: &mut UnixStream) -> bool {
         matches!(s.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    /// rustls hands a TLS flight over as several records: one call sends them, in order.
+    #[test]
+    fn a_vectored_write_sends_every_slice_in_order_in_one_call() {
+        let (mut peer, mut ours) = pair();
+        let bufs = [
+            IoSlice::new(b"one "),
+            IoSlice::new(b""),
+            IoSlice::new(b"two"),
+        ];
+        let sent = ours.write_vectored_now(&bufs).unwrap();
+        assert_eq!(sent, 7);
+        assert_eq!(read_exactly(&mut peer, 7), b"one two");
+        // Nothing to send is no send at all.
+        assert_eq!(ours.write_vectored_now(&[IoSlice::new(b"")]).unwrap(), 0);
     }
 
     #[test]

@@ -6,12 +6,14 @@ use std::cmp::Reverse;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
-use std::task::Context;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use nix::sys::epoll::EpollFlags;
 use tracing::{debug, info};
 
+use super::client::Client;
 use super::conn::{self, Connecting, Relay, State, Step};
 use super::mailbox::token_waker;
 use super::{edge, slot_of, Engine, RESUME_ACCEPT};
@@ -95,12 +97,16 @@ impl Engine {
         let server_side = token & 1 == 1;
         let c = self.conn(token);
         let server = match &mut c.state {
-            State::Dummy { .. } | State::Choosing => None,
+            State::Handshake { .. } | State::Dummy { .. } | State::Choosing => None,
             State::Connecting(connecting) => Some(&mut connecting.server),
             State::Relaying(relay) => Some(&mut relay.server),
         };
         match (server_side, server) {
-            (false, _) => c.client.ready(readable, writable || error, closed),
+            (false, _) => {
+                if let Some(client) = c.client.sock() {
+                    client.ready(readable, writable || error, closed);
+                }
+            }
             (true, Some(server)) => server.ready(readable, writable || error, closed),
             (true, None) => return,
         }
@@ -128,8 +134,9 @@ impl Engine {
             .as_deref_mut()
             .expect("checked live");
         match &mut c.state {
+            State::Handshake { .. } => self.shake(token, now),
             State::Dummy { .. } => {
-                if conn::dummy_step(&mut c.client).is_some() {
+                if c.client.dummy_step().is_some() {
                     self.close(token);
                 }
             }
@@ -139,11 +146,45 @@ impl Engine {
                     self.connected(token, result, now);
                 }
             }
-            State::Relaying(relay) => match relay.step(&mut c.client, reqlog, now) {
-                Step::Wait => {}
-                Step::Again => self.again.push(token),
-                Step::End(end) => self.relay_ended(token, end),
-            },
+            State::Relaying(relay) => {
+                let step = match &mut c.client {
+                    Client::Plain(client) => relay.step(client, reqlog, now),
+                    Client::Tls(client) => relay.step(&mut **client, reqlog, now),
+                    Client::Handshaking(_) => Step::End(RelayEnd::Error(
+                        Side::Client,
+                        io::Error::other("relaying before the TLS handshake ended"),
+                    )),
+                };
+                match step {
+                    Step::Wait => {}
+                    Step::Again => self.again.push(token),
+                    Step::End(end) => self.relay_ended(token, end),
+                }
+            }
+        }
+    }
+
+    /// Move a TLS handshake on; once it is over, admit the client (or close it).
+    fn shake(&mut self, token: u64, now: Instant) {
+        let c = self.conn(token);
+        let Client::Handshaking(handshake) = &mut c.client else {
+            return;
+        };
+        let (result, again) = conn::with_context(|cx| Pin::new(&mut **handshake).poll(cx));
+        match result {
+            Poll::Pending if again => self.again.push(token),
+            Poll::Pending => {}
+            Poll::Ready(Ok(tls)) => {
+                c.client = Client::Tls(Box::new(tls));
+                self.admit(token, now);
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(
+                    "TLS handshake with {} failed: {e}",
+                    proxy::describe_peer(c.peer)
+                );
+                self.close(token);
+            }
         }
     }
 
@@ -182,7 +223,8 @@ impl Engine {
         let c = self.conn(token);
         {
             use std::os::fd::AsRawFd;
-            counters.set_fds(c.client.socket.as_raw_fd(), server.socket.as_raw_fd());
+            let client_fd = c.client.sock().map_or(-1, |s| s.socket.as_raw_fd());
+            counters.set_fds(client_fd, server.socket.as_raw_fd());
         }
         let fired = {
             let mut cx = Context::from_waker(&abort_waker);
@@ -190,7 +232,10 @@ impl Engine {
                 .poll(&mut cx)
                 .is_ready()
         };
-        let relay = Relay::new(conn, server, counters, &c.options, &backend, c.peer, now);
+        let tls = c.client.is_tls();
+        let relay = Relay::new(
+            conn, server, counters, &c.options, &backend, c.peer, tls, now,
+        );
         if !relay.idle.is_zero() {
             self.timers.push(Reverse((now + relay.idle, token)));
         }
@@ -218,7 +263,10 @@ impl Engine {
                     }
                 }
             }
-            end => debug!("connection {}: {end:?}", relay.conn.0),
+            end => {
+                debug!("connection {}: {end:?}", relay.conn.0);
+                c.client.notify_close();
+            }
         }
         self.close(token);
     }
@@ -267,7 +315,15 @@ impl Engine {
         let c = self.conn(token);
         match &mut c.state {
             State::Dummy { deadline } if now >= *deadline => self.close(token),
-            State::Dummy { .. } | State::Choosing => {}
+            State::Handshake { deadline, timeout } if now >= *deadline => {
+                let e = crate::tls::HandshakeError::Timeout(*timeout);
+                debug!(
+                    "TLS handshake with {} failed: {e}",
+                    proxy::describe_peer(c.peer)
+                );
+                self.close(token);
+            }
+            State::Handshake { .. } | State::Dummy { .. } | State::Choosing => {}
             State::Connecting(connecting) if now >= connecting.deadline => {
                 let (conn, target, backend) = (
                     connecting.conn,

@@ -20,6 +20,7 @@
 //! semaphore's waker, and the main thread nudges every thread when the phase or the listener
 //! changes.
 
+mod client;
 mod conn;
 mod lifecycle;
 mod mailbox;
@@ -41,11 +42,13 @@ use socket2::Socket;
 use tokio::sync::{watch, AcquireError, OwnedSemaphorePermit};
 use tracing::{debug, error, warn};
 
-use crate::balancer::{Admission, Peer};
+use crate::balancer::{Admission, ConnOptions, Peer};
 use crate::net::{self, BoundListener};
 use crate::proxy::{self, Limits, Shared};
 use crate::run::Phase;
+use crate::tls::Tls;
 
+use client::Client;
 use conn::{Conn, Sock, State};
 use mailbox::{token_waker, NUDGE};
 
@@ -72,6 +75,8 @@ pub struct Setup {
     pub limits: Limits,
     pub phase: watch::Receiver<Phase>,
     pub mailbox: Arc<Mailbox>,
+    /// TLS termination on the listener: every client shakes hands before it is admitted.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// One slot of the connection table; a token carries the slot's generation, so an event for a
@@ -364,15 +369,30 @@ impl Engine {
         }
     }
 
-    /// A new client: register it, then admit it (or answer it, under `dummy`).
+    /// A new client: register it, then admit it (or answer it, under `dummy`). A TLS client
+    /// shakes hands first, and is admitted once that is over (`admit`).
     fn start(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
         let tcp = peer.ip.is_some();
         let shared = &self.setup.shared;
+        let client = Sock::new(socket, tcp);
+        if let Some(tls) = &self.setup.tls {
+            let handshake = tls.handshake(client);
+            let timeout = handshake.timeout();
+            let deadline = now + timeout;
+            let client = Client::Handshaking(Box::new(handshake));
+            // Replaced by the settings at admission, as they are then.
+            let options = shared.with(|b| b.settings.conn_options());
+            let state = State::Handshake { deadline, timeout };
+            if let Some(token) = self.register(client, peer, options, state, permit) {
+                self.timers.push(Reverse((deadline, token)));
+            }
+            return;
+        }
         let (admission, settings) = shared.with(|b| {
             let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
             (admission, b.settings.conn_options())
         });
-        let mut client = Sock::new(socket, tcp);
+        let mut client = client;
         if settings.tcp_nodelay {
             client.set_nodelay();
         }
@@ -387,6 +407,30 @@ impl Engine {
             }
             Some(_) => State::Choosing,
         };
+        let Some(client_token) =
+            self.register(Client::Plain(client), peer, settings, state, permit)
+        else {
+            if let Some(Admission::Connect { conn, .. }) = admission {
+                self.setup.shared.with(|b| b.closed(conn));
+            }
+            return;
+        };
+        match admission {
+            None => self.timers.push(Reverse((dummy_deadline, client_token))),
+            Some(admission) => self.connect(client_token, admission, now),
+        }
+    }
+
+    /// Give a new client a slot and its socket a place in the epoll set; its token, or None
+    /// (and the client closed) if epoll refused it.
+    fn register(
+        &mut self,
+        mut client: Client,
+        peer: Peer,
+        options: ConnOptions,
+        state: State,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<u64> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -396,25 +440,60 @@ impl Engine {
         };
         let generation = self.slots[slot as usize].generation;
         let client_token = token(slot, generation, false);
-        if let Err(e) = self.epoll.add(client.socket.as_fd(), edge(client_token)) {
+        let sock = client.sock()?;
+        if let Err(e) = self.epoll.add(sock.socket.as_fd(), edge(client_token)) {
             debug!("can't register {}: {e}", proxy::describe_peer(peer));
             self.free.push(slot);
-            if let Some(Admission::Connect { conn, .. }) = admission {
-                shared.with(|b| b.closed(conn));
-            }
-            return;
+            return None;
         }
         self.slots[slot as usize].conn = Some(Box::new(Conn {
             client,
             peer,
-            options: settings,
+            options,
             state,
             id: None,
             _permit: permit,
         }));
+        Some(client_token)
+    }
+
+    /// A TLS client's handshake is over: admit it as `start` does a plain one.
+    fn admit(&mut self, token: u64, now: Instant) {
+        let shared = &self.setup.shared;
+        let peer = self.slots[slot_of(token)]
+            .conn
+            .as_ref()
+            .expect("a live connection's token")
+            .peer;
+        let (admission, settings) = shared.with(|b| {
+            let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
+            (admission, b.settings.conn_options())
+        });
+        if admission == Some(Admission::ClientLimit) {
+            proxy::client_limit_reached(shared, peer);
+            return self.close(token);
+        }
+        let c = self.conn(token);
+        if settings.tcp_nodelay {
+            if let Some(sock) = c.client.sock() {
+                sock.set_nodelay_now();
+            }
+        }
+        let dummy_deadline = now + conn::dummy_wait(&settings);
+        c.options = settings;
         match admission {
-            None => self.timers.push(Reverse((dummy_deadline, client_token))),
-            Some(admission) => self.connect(client_token, admission, now),
+            None => {
+                c.state = State::Dummy {
+                    deadline: dummy_deadline,
+                };
+                self.timers.push(Reverse((dummy_deadline, token)));
+                // The first chunk may have come with the handshake's last flight.
+                self.drive(token, now);
+            }
+            Some(admission) => {
+                c.state = State::Choosing;
+                self.connect(token, admission, now);
+            }
         }
     }
 

@@ -124,7 +124,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Handshake<IO> {
                 Phase::Rest(accept) => {
                     let result = std::task::ready!(Pin::new(accept).poll(cx));
                     this.phase = Phase::Over;
-                    return Poll::Ready(result.map(TlsClient));
+                    return Poll::Ready(result.map(|stream| TlsClient {
+                        stream,
+                        shut_down: false,
+                    }));
                 }
                 Phase::Over => return Poll::Ready(Err(io::Error::other("handshake already over"))),
             }
@@ -163,6 +166,13 @@ impl<IO: AsyncWrite + Unpin> Write for Sync<'_, '_, IO> {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match Pin::new(&mut *self.io).poll_flush(self.cx) {
             Poll::Ready(result) => result,
@@ -173,16 +183,25 @@ impl<IO: AsyncWrite + Unpin> Write for Sync<'_, '_, IO> {
 
 /// A client whose handshake completed: reads give plaintext, writes are encrypted.
 #[derive(Debug)]
-pub struct TlsClient<IO>(TlsStream<IO>);
+pub struct TlsClient<IO> {
+    stream: TlsStream<IO>,
+    /// close_notify went out and the transport was half-closed.
+    shut_down: bool,
+}
 
 impl<IO> TlsClient<IO> {
     /// The transport underneath.
     pub fn io(&self) -> &IO {
-        self.0.get_ref().0
+        self.stream.get_ref().0
     }
 
     pub fn io_mut(&mut self) -> &mut IO {
-        self.0.get_mut().0
+        self.stream.get_mut().0
+    }
+
+    /// Has a shutdown (close_notify, then the half-close) been done?
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
     }
 }
 
@@ -195,7 +214,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsClient<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut self.get_mut().0;
+        let this = &mut self.get_mut().stream;
         let read = Pin::new(&mut *this).poll_read(cx, buf);
         // Reading can make rustls queue a message of its own (the refusal of a renegotiation,
         // the answer to a key update). Send it now: the relay writes to this stream only when
@@ -217,16 +236,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsClient<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     /// close_notify, then the transport's half-close.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.shut_down |= matches!(done, Poll::Ready(Ok(())));
+        done
     }
 }
 
