@@ -1,12 +1,13 @@
-//! The TCP data plane without TLS: one edge-triggered epoll loop per data-plane thread, as C pen
-//! runs one level-triggered loop, instead of a tokio runtime with a task per connection.
+//! The TCP data plane: one edge-triggered epoll loop per data-plane thread, as C pen runs one
+//! level-triggered loop, instead of a tokio runtime with a task per connection. TLS clients
+//! run here too: their handshake is a future (`tls::Handshake`) polled from readiness events
+//! like any other step, with its timeout on this loop's timer heap.
 //!
 //! Why: measured on the benchmark's keep-alive load, the kernel's work per request was the same
 //! for pen-rs on tokio and for C pen, and the difference was user space: tokio's per-event
 //! machinery (the driver's readiness dispatch, the task's wake, schedule and poll) cost about
 //! 1.5 µs per request more than C pen's whole loop. A plain loop that reads and writes straight
-//! from the event costs what C pen's does. TLS keeps the tokio plane (`proxy.rs`), where a
-//! handshake's many steps are well served by a task.
+//! from the event costs what C pen's does.
 //!
 //! What a connection does here is what `proxy::serve` and `relay::relay` do there, in the same
 //! order and with the same log messages: admit, connect with the `-t` timeout (given up at once
@@ -431,6 +432,7 @@ impl Engine {
         state: State,
         permit: OwnedSemaphorePermit,
     ) -> Option<u64> {
+        let sock = client.sock()?;
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -440,7 +442,6 @@ impl Engine {
         };
         let generation = self.slots[slot as usize].generation;
         let client_token = token(slot, generation, false);
-        let sock = client.sock()?;
         if let Err(e) = self.epoll.add(sock.socket.as_fd(), edge(client_token)) {
             debug!("can't register {}: {e}", proxy::describe_peer(peer));
             self.free.push(slot);
