@@ -26,6 +26,19 @@ impl Client {
         }
     }
 
+    /// TCP_NODELAY: from the second write on for a plain client (see `Nagle`), at once under
+    /// TLS, whose handshake has already written.
+    pub fn set_nodelay(&mut self) {
+        match self {
+            Client::Plain(sock) => sock.set_nodelay(),
+            Client::Handshaking(_) | Client::Tls(_) => {
+                if let Some(sock) = self.sock() {
+                    sock.set_nodelay_now();
+                }
+            }
+        }
+    }
+
     /// Make the close send a reset (see `Sock::reset_on_close`).
     pub fn reset_on_close(&mut self) {
         if let Some(sock) = self.sock() {

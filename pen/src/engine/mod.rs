@@ -374,7 +374,6 @@ impl Engine {
     /// shakes hands first, and is admitted once that is over (`admit`).
     fn start(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
         let tcp = peer.ip.is_some();
-        let shared = &self.setup.shared;
         let client = Sock::new(socket, tcp);
         if let Some(tls) = &self.setup.tls {
             let handshake = tls.handshake(client);
@@ -382,44 +381,26 @@ impl Engine {
             let deadline = now + timeout;
             let client = Client::Handshaking(Box::new(handshake));
             // Replaced by the settings at admission, as they are then.
-            let options = shared.with(|b| b.settings.conn_options());
+            let options = self.setup.shared.with(|b| b.settings.conn_options());
             let state = State::Handshake { deadline, timeout };
             if let Some(token) = self.register(client, peer, options, state, permit) {
                 self.timers.push(Reverse((deadline, token)));
             }
             return;
         }
-        let (admission, settings) = shared.with(|b| {
-            let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
-            (admission, b.settings.conn_options())
-        });
-        let mut client = client;
-        if settings.tcp_nodelay {
-            client.set_nodelay();
+        let (admission, settings) = admission(&self.setup.shared, peer, now);
+        if admission == Some(Admission::ClientLimit) {
+            // Refused before it costs a slot or an epoll registration.
+            return proxy::client_limit_reached(&self.setup.shared, peer);
         }
-        let dummy_deadline = now + conn::dummy_wait(&settings);
-        let state = match &admission {
-            None => State::Dummy {
-                deadline: dummy_deadline,
-            },
-            Some(Admission::ClientLimit) => {
-                proxy::client_limit_reached(shared, peer);
-                return;
-            }
-            Some(_) => State::Choosing,
-        };
-        let Some(client_token) =
-            self.register(Client::Plain(client), peer, settings, state, permit)
-        else {
+        let client = Client::Plain(client);
+        let Some(token) = self.register(client, peer, settings, State::Choosing, permit) else {
             if let Some(Admission::Connect { conn, .. }) = admission {
                 self.setup.shared.with(|b| b.closed(conn));
             }
             return;
         };
-        match admission {
-            None => self.timers.push(Reverse((dummy_deadline, client_token))),
-            Some(admission) => self.connect(client_token, admission, now),
-        }
+        self.admitted(token, admission, settings, now);
     }
 
     /// Give a new client a slot and its socket a place in the epoll set; its token, or None
@@ -460,35 +441,35 @@ impl Engine {
 
     /// A TLS client's handshake is over: admit it as `start` does a plain one.
     fn admit(&mut self, token: u64, now: Instant) {
-        let shared = &self.setup.shared;
-        let peer = self.slots[slot_of(token)]
-            .conn
-            .as_ref()
-            .expect("a live connection's token")
-            .peer;
-        let (admission, settings) = shared.with(|b| {
-            let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
-            (admission, b.settings.conn_options())
-        });
+        let peer = self.conn(token).peer;
+        let (admission, settings) = admission(&self.setup.shared, peer, now);
         if admission == Some(Admission::ClientLimit) {
-            proxy::client_limit_reached(shared, peer);
+            proxy::client_limit_reached(&self.setup.shared, peer);
             return self.close(token);
         }
+        self.admitted(token, admission, settings, now);
+    }
+
+    /// Move an admitted client on, with the settings it keeps: answer it under `dummy`
+    /// (`admission` None), else connect as the balancer says.
+    fn admitted(
+        &mut self,
+        token: u64,
+        admission: Option<Admission>,
+        settings: ConnOptions,
+        now: Instant,
+    ) {
         let c = self.conn(token);
         if settings.tcp_nodelay {
-            if let Some(sock) = c.client.sock() {
-                sock.set_nodelay_now();
-            }
+            c.client.set_nodelay();
         }
-        let dummy_deadline = now + conn::dummy_wait(&settings);
         c.options = settings;
         match admission {
             None => {
-                c.state = State::Dummy {
-                    deadline: dummy_deadline,
-                };
-                self.timers.push(Reverse((dummy_deadline, token)));
-                // The first chunk may have come with the handshake's last flight.
+                let deadline = now + conn::dummy_wait(&settings);
+                c.state = State::Dummy { deadline };
+                self.timers.push(Reverse((deadline, token)));
+                // A TLS client's first chunk may have come with the handshake's last flight.
                 self.drive(token, now);
             }
             Some(admission) => {
@@ -532,6 +513,15 @@ impl Engine {
             self.close(token(i as u32, generation, false));
         }
     }
+}
+
+/// Admit `peer` (None under `dummy`, which answers without a server) and take the settings a
+/// connection keeps, under one lock.
+fn admission(shared: &Shared, peer: Peer, now: Instant) -> (Option<Admission>, ConnOptions) {
+    shared.with(|b| {
+        let admission = (!b.settings.dummy).then(|| b.admit(peer, now));
+        (admission, b.settings.conn_options())
+    })
 }
 
 fn slot_of(token: u64) -> usize {

@@ -87,11 +87,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Handshake<IO> {
                             }
                             // Sent (or unsendable): the handshake has failed.
                             Ok(0) | Err(_) => {
-                                this.phase = Phase::Over;
-                                return Poll::Ready(Err(io::Error::new(
-                                    io::ErrorKind::InvalidData,
-                                    error,
-                                )));
+                                return over(
+                                    this,
+                                    io::Error::new(io::ErrorKind::InvalidData, error),
+                                )
                             }
                             Ok(_) => {
                                 *alert = Some((error, pending));
@@ -100,10 +99,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Handshake<IO> {
                         }
                     }
                     match acceptor.read_tls(&mut io) {
-                        Ok(0) => return self::over(this, io::ErrorKind::UnexpectedEof.into()),
+                        Ok(0) => return over(this, io::ErrorKind::UnexpectedEof.into()),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
-                        Err(e) => return self::over(this, e),
+                        Err(e) => return over(this, e),
                     }
                     match acceptor.accept() {
                         Ok(None) => {}
