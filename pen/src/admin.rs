@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use crate::addr::ListenAddr;
 use crate::control::{self, file, Action, Command, Context, ControlError, HostView, Origin};
 use crate::net::{BoundListener, ListenShape};
-use crate::proxy::Shared;
 use crate::reqlog::LogTarget;
+use crate::shared::Shared;
 
 pub struct Admin {
     shared: Arc<Shared>,

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use crate::balancer::{Admission, ConnId};
 use crate::net;
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// After an idler ends (its server closed it, or no server took it), wait this long before
 /// opening another, so that a dead pool is not hammered.

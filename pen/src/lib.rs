@@ -1,12 +1,13 @@
 //! pen: a load balancer for TCP services, compatible with pen 0.34.1 (same command line, same
-//! behaviour where pen was right), using every core: one single-threaded tokio runtime per core.
+//! behaviour where pen was right), using every core: one epoll loop per core for the data plane
+//! (`engine`), and a tokio runtime on the main thread for the control plane.
 //!
 //! The crate is both the `pen` daemon and the library the other pen tools share. Its parts:
 //! `addr` (address and server-spec syntax), `cli` (the command line), `control` (the control
 //! language: typed commands and their replies), `balancer` (the pure selection state machine:
 //! no I/O, no clock), `accesslog` (pen's log formats, shared with penlogd and mergelogs),
-//! `getopt` (the option grammar of the smaller tools), the tokio shell around it (`net`,
-//! `relay`, `proxy`, `reqlog`, `run`, `logging`, `dump`), the process plumbing (`daemon`: fork,
+//! `getopt` (the option grammar of the smaller tools), the shell around it (`engine`, `net`,
+//! `relay`, `shared`, `reqlog`, `run`, `logging`, `dump`), the process plumbing (`daemon`: fork,
 //! pid file, chroot, privileges; `safe_file`), and the statistics output (`stats`: pen's HTML
 //! page and text statistics), `tls` (TLS termination) and `dsr` (direct server return).
 //!
@@ -31,11 +32,11 @@ pub mod http;
 pub mod idlers;
 pub mod logging;
 pub mod net;
-pub mod proxy;
 pub mod relay;
 pub mod reqlog;
 pub mod run;
 pub mod safe_file;
+pub mod shared;
 pub mod stats;
 pub mod tls;
 pub mod tool;

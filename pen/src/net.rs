@@ -1,5 +1,5 @@
-//! Sockets: listeners (TCP or Unix), upstream connects, and one stream type for both families,
-//! so the relay and the balancer never care which it is.
+//! Sockets: listeners (TCP or Unix), the upstream socket and its options, and one stream type
+//! for both families on the main thread's runtime (the control port, the idlers).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,100 +14,12 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 use crate::addr::{Backend, ListenAddr};
 use crate::balancer::{ConnOptions, Peer};
 
-/// A connected stream to a client or a server.
+/// A connected stream on the main thread's runtime: a control-port client, or an idler's
+/// connection to a server. (The data plane's sockets are the engine's own.)
 #[derive(Debug)]
 pub enum Stream {
-    Tcp(TcpStream, Nagle),
+    Tcp(TcpStream),
     Unix(UnixStream),
-    /// A client whose TLS handshake completed (`tls::Tls::accept`): reads give plaintext.
-    Tls(Box<crate::tls::TlsClient<Stream>>),
-}
-
-/// When a TCP stream turns Nagle's algorithm off (TCP_NODELAY). Nagle cannot hold back a
-/// socket's first write: Linux delays a small segment only while an earlier small one is
-/// unacknowledged, and none was sent before. So the option is set just before the second write,
-/// and a connection that writes once each way (a request, a response, a close) costs no
-/// setsockopt at all, while one that writes more behaves from then on as if it had been set at
-/// the start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nagle {
-    /// Left as the socket has it.
-    Keep,
-    /// Turned off before the second write; true once the first write went out.
-    OffAfterFirstWrite { written: bool },
-    /// Turned off (or found off, under TLS).
-    Off,
-}
-
-impl Stream {
-    /// A TCP stream whose Nagle's algorithm is left as it is.
-    pub fn tcp_stream(s: TcpStream) -> Stream {
-        Stream::Tcp(s, Nagle::Keep)
-    }
-
-    /// The socket's descriptor, for the status page.
-    pub fn raw_fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        match self {
-            Stream::Tcp(s, _) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tls(s) => s.io().raw_fd(),
-        }
-    }
-
-    /// TCP_NODELAY, best effort (a socket that already died fails the relay anyway): from the
-    /// second write on for a plain stream (see `Nagle`), at once under TLS, whose handshake
-    /// has already written.
-    pub fn set_nodelay(&mut self) {
-        match self {
-            Stream::Tcp(_, nagle @ Nagle::Keep) => {
-                *nagle = Nagle::OffAfterFirstWrite { written: false }
-            }
-            Stream::Tcp(..) | Stream::Unix(_) => {}
-            Stream::Tls(s) => {
-                if let Stream::Tcp(s, nagle) = s.io_mut() {
-                    let _ = s.set_nodelay(true);
-                    *nagle = Nagle::Off;
-                }
-            }
-        }
-    }
-
-    /// Did the client come over TLS? (`-H` says `X-Forwarded-Proto: https` then.)
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
-
-    /// The TCP socket underneath, if there is one.
-    fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Tcp(s, _) => Some(s),
-            Stream::Unix(_) => None,
-            Stream::Tls(s) => s.io().tcp(),
-        }
-    }
-
-    /// Make the close that follows send a reset (SO_LINGER 0) rather than a FIN, for a
-    /// connection cut short: the peer sees an error, not what looks like a complete transfer.
-    /// Nothing on a Unix socket.
-    pub fn reset_on_close(&self) {
-        if let Some(s) = self.tcp() {
-            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
-        }
-    }
-
-    /// Resolves when the peer has reset the connection (an error is pending on the socket).
-    /// A peer that only closed its sending side (FIN) may still be waiting for a reply
-    /// (half-close), so that never resolves it; nor does anything on a Unix socket. Reads
-    /// nothing.
-    pub async fn reset_by_peer(&self) {
-        match self.tcp() {
-            Some(s) => {
-                let _ = s.ready(tokio::io::Interest::ERROR).await;
-            }
-            None => std::future::pending().await,
-        }
-    }
 }
 
 impl AsyncRead for Stream {
@@ -117,9 +29,8 @@ impl AsyncRead for Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s, _) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -131,44 +42,26 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(s, nagle) => {
-                if *nagle == (Nagle::OffAfterFirstWrite { written: true }) {
-                    let _ = s.set_nodelay(true);
-                    *nagle = Nagle::Off;
-                }
-                let wrote = Pin::new(s).poll_write(cx, buf);
-                if *nagle == (Nagle::OffAfterFirstWrite { written: false })
-                    && matches!(wrote, Poll::Ready(Ok(n)) if n > 0)
-                {
-                    *nagle = Nagle::OffAfterFirstWrite { written: true };
-                }
-                wrote
-            }
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s, _) => Pin::new(s).poll_flush(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     /// Half-close: shut down the write side only, so the other direction keeps flowing.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s, _) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
-
-/// tokio's sockets tell nothing of a FIN before a read returns 0: the relay's defaults.
-impl crate::relay::Endpoint for Stream {}
 
 /// What went wrong opening a listener.
 #[derive(Debug, thiserror::Error)]
@@ -363,7 +256,7 @@ impl Listener {
                     ip: Some(canonical(sa.ip())),
                     port: sa.port(),
                 };
-                Ok((Stream::tcp_stream(s), peer))
+                Ok((Stream::Tcp(s), peer))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.accept().await?;
@@ -403,8 +296,8 @@ fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
     })
 }
 
-/// Open a connection to a server with the socket options the settings ask for. `client` is the
-/// client's address, which `transparent` connects from.
+/// Open a connection to a server (an idler's) with the socket options the settings ask for.
+/// `client` is the client's address, which `transparent` connects from.
 pub async fn connect(
     backend: &Backend,
     settings: &ConnOptions,
@@ -414,11 +307,7 @@ pub async fn connect(
         Backend::Tcp(sa) => {
             let socket = upstream_socket(*sa, settings, client)?;
             let socket = TcpSocket::from_std_stream(socket.into());
-            let mut stream = Stream::tcp_stream(socket.connect(*sa).await?);
-            if settings.tcp_nodelay {
-                stream.set_nodelay();
-            }
-            Ok(stream)
+            Ok(Stream::Tcp(socket.connect(*sa).await?))
         }
         Backend::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
     }
@@ -427,7 +316,7 @@ pub async fn connect(
 /// A non-blocking socket for a connection to server `sa`, not yet connected, with the options
 /// the settings ask for: keepalive, and the local address (`source`, or the client's own under
 /// `transparent`; where that cannot be, a rate-limited warning and pen's own address, as in
-/// pen). Both data planes connect through it.
+/// pen). The engine and the idlers connect through it.
 pub(crate) fn upstream_socket(
     sa: SocketAddr,
     settings: &ConnOptions,
@@ -496,7 +385,7 @@ fn bind_source(socket: &socket2::Socket, local: IpAddr, transparent: bool) -> io
 
 /// One message per 5 seconds about source addresses, however many connections hit it.
 fn warn_source(message: &str) {
-    static LOG: crate::proxy::RateLimit = crate::proxy::RateLimit::new();
+    static LOG: crate::shared::RateLimit = crate::shared::RateLimit::new();
     if LOG.allow(std::time::Instant::now()) {
         tracing::warn!("{message}");
     }
@@ -592,35 +481,5 @@ mod tests {
             seen_by_server(&settings(Some("192.0.2.1"), false)).await,
             IpAddr::from([127, 0, 0, 1])
         );
-    }
-
-    /// TCP_NODELAY as the socket has it now.
-    fn nodelay(s: &Stream) -> bool {
-        s.tcp().unwrap().nodelay().unwrap()
-    }
-
-    #[tokio::test]
-    async fn tcp_nodelay_goes_on_before_the_second_write_and_never_without_the_setting() {
-        use tokio::io::AsyncWriteExt;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = Backend::Tcp(listener.local_addr().unwrap());
-        for tcp_nodelay in [true, false] {
-            let settings = Settings {
-                tcp_nodelay,
-                ..Settings::default()
-            }
-            .conn_options();
-            let (upstream, accepted) =
-                tokio::join!(connect(&backend, &settings, None), listener.accept());
-            let mut upstream = upstream.unwrap();
-            let _server = accepted.unwrap();
-            assert!(!nodelay(&upstream), "set before any write");
-            upstream.write_all(b"first").await.unwrap();
-            assert!(!nodelay(&upstream), "a single write needs no setsockopt");
-            upstream.write_all(b"second").await.unwrap();
-            assert_eq!(nodelay(&upstream), tcp_nodelay, "tcp_nodelay {tcp_nodelay}");
-            upstream.write_all(b"third").await.unwrap();
-            assert_eq!(nodelay(&upstream), tcp_nodelay);
-        }
     }
 }

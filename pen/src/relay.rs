@@ -1,4 +1,6 @@
-//! Relaying bytes between a client and its server, both directions at once, in one task.
+//! Relaying bytes between a client and its server, both directions at once: `Pumps`, which the
+//! engine steps whenever one of the connection's sockets is ready (the idle timeout is the
+//! engine's, on its timer heap).
 //!
 //! Memory: reads go into one scratch buffer per worker thread, and are written straight on. Only
 //! what the destination does not take at once is kept, in a per-direction buffer, and while it is
@@ -9,22 +11,19 @@
 //! write half is shut down; the opposite direction goes on until it ends too.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
 use crate::balancer::{ConnCounters, FastClose};
 
 /// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
 const CHUNK: usize = 64 * 1024;
 
-/// Reads per direction before yielding to other tasks, so one fast connection cannot starve the
-/// rest of its worker thread.
+/// Reads per direction in one step, so one fast connection cannot starve the rest of its
+/// data-plane thread.
 const READS_PER_POLL: usize = 16;
 
 thread_local! {
@@ -60,8 +59,8 @@ impl Rewrite for Verbatim {
 
 /// A stream the relay moves bytes between: tokio's reading and writing, and two hints with which
 /// a socket sends a direction's last bytes and its FIN in one segment, as a server that writes
-/// and closes does. Without them (the defaults: TLS, tokio's sockets) the FIN is a segment of
-/// its own, which the peer acknowledges on its own too.
+/// and closes does. Without them (the defaults, which TLS keeps) the FIN is a segment of its
+/// own, which the peer acknowledges on its own too.
 pub trait Endpoint: AsyncRead + AsyncWrite + Unpin {
     /// The peer's FIN has arrived and the last read emptied the socket, so the next read returns
     /// 0 (or an error). Only a hint: the relay still reads to find out.
@@ -98,12 +97,6 @@ pub enum RelayEnd {
     Idle,
     /// A read or write failed; the side says whose socket it was.
     Error(Side, io::Error),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RelayOptions {
-    pub idle_timeout: Duration,
-    pub fastclose: FastClose,
 }
 
 /// One direction: reads from `src`, writes to `dst`.
@@ -269,7 +262,7 @@ impl Half {
                 other => return other,
             }
         }
-        // Budget used up: let other tasks run, then come back.
+        // Reads used up: let the thread's other connections run, then come back.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -312,8 +305,12 @@ fn zero_write() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "peer accepted no bytes")
 }
 
-/// Both directions of one relay, without the idle timeout (which each data plane keeps with its
-/// own timers): the tokio plane polls it from a task, the epoll engine from readiness events.
+/// Both directions of one relay, without the idle timeout (the engine keeps it on its timer
+/// heap). The engine steps it from readiness events; the caller must close both streams when it
+/// is over: the last direction to end is not shut down separately, because that close sends its
+/// FIN. `from_client` sees every chunk read from the client, as it was read (the request log's
+/// tap; it must not block), and with `-H` the client's bytes pass through `rewrite` (the
+/// server's byte counter counts what was sent, after rewriting).
 #[derive(Default)]
 pub struct Pumps {
     /// Client to server.
@@ -394,98 +391,47 @@ impl Pumps {
     }
 }
 
-/// Relay until both directions end, one fails, fast-close applies, or the idle timeout fires.
-/// The caller must close both streams when it returns: the last direction to end is not shut
-/// down separately, because that close sends its FIN. `from_client` sees every chunk read from
-/// the client, as it was read (the request log's tap; it must not block).
-pub async fn relay<C, S>(
-    client: &mut C,
-    server: &mut S,
-    counters: &ConnCounters,
-    options: RelayOptions,
-    from_client: impl Fn(&[u8]),
-) -> RelayEnd
-where
-    C: Endpoint,
-    S: Endpoint,
-{
-    relay_rewriting(
-        client,
-        server,
-        counters,
-        options,
-        from_client,
-        &mut Verbatim,
-    )
-    .await
-}
-
-/// `relay`, with the client-to-server bytes passed through `rewrite` (`-H`). The server's
-/// byte counter counts what was sent, after rewriting.
-pub async fn relay_rewriting<C, S, X>(
-    client: &mut C,
-    server: &mut S,
-    counters: &ConnCounters,
-    options: RelayOptions,
-    from_client: impl Fn(&[u8]),
-    rewrite: &mut X,
-) -> RelayEnd
-where
-    C: Endpoint,
-    S: Endpoint,
-    X: Rewrite,
-{
-    let mut pumps = Pumps::default();
-    let idle = options.idle_timeout;
-    let mut last_activity = Instant::now();
-    let mut timer: Option<Pin<Box<Sleep>>> =
-        (!idle.is_zero()).then(|| Box::pin(tokio::time::sleep(idle)));
-
-    poll_fn(|cx| {
-        let mut progress = false;
-        let step = pumps.poll_step(
-            cx,
-            client,
-            server,
-            counters,
-            options.fastclose,
-            &from_client,
-            rewrite,
-            &mut progress,
-        );
-        if step.is_ready() {
-            return step;
-        }
-        if let Some(timer) = timer.as_mut() {
-            if progress {
-                last_activity = Instant::now();
-            }
-            // Re-arm lazily: the timer only moves when it fires early.
-            while timer.as_mut().poll(cx).is_ready() {
-                let deadline = last_activity + idle;
-                if Instant::now() >= deadline {
-                    return Poll::Ready(RelayEnd::Idle);
-                }
-                timer.as_mut().reset(deadline);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     impl Endpoint for DuplexStream {}
 
-    fn options() -> RelayOptions {
-        RelayOptions {
-            idle_timeout: Duration::ZERO,
-            fastclose: FastClose::Off,
-        }
+    /// Step the pumps whenever a stream is ready, as the engine does, until the relay is over.
+    async fn relay_rewriting<X: Rewrite>(
+        client: &mut DuplexStream,
+        server: &mut DuplexStream,
+        counters: &ConnCounters,
+        fastclose: FastClose,
+        rewrite: &mut X,
+    ) -> RelayEnd {
+        let mut pumps = Pumps::default();
+        poll_fn(|cx| {
+            let mut progress = false;
+            let from_client = |_: &[u8]| {};
+            pumps.poll_step(
+                cx,
+                client,
+                server,
+                counters,
+                fastclose,
+                from_client,
+                rewrite,
+                &mut progress,
+            )
+        })
+        .await
+    }
+
+    async fn relay(
+        client: &mut DuplexStream,
+        server: &mut DuplexStream,
+        counters: &ConnCounters,
+        fastclose: FastClose,
+    ) -> RelayEnd {
+        relay_rewriting(client, server, counters, fastclose, &mut Verbatim).await
     }
 
     #[tokio::test]
@@ -498,14 +444,7 @@ mod tests {
         let reply: Vec<u8> = payload.iter().rev().copied().collect();
         // The caller closes both streams when the relay ends (that close carries the last FIN).
         let relay = async {
-            let end = relay(
-                &mut pen_client,
-                &mut pen_server,
-                &counters,
-                options(),
-                |_| {},
-            )
-            .await;
+            let end = relay(&mut pen_client, &mut pen_server, &counters, FastClose::Off).await;
             drop((pen_client, pen_server));
             end
         };
@@ -528,35 +467,6 @@ mod tests {
         assert!(to_server == payload && to_client == reply);
         assert_eq!(counters.to_server(), payload.len() as u64);
         assert_eq!(counters.to_client(), reply.len() as u64);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_timeout_fires_only_without_traffic() {
-        let (mut client, mut pen_client) = duplex(64);
-        let (mut pen_server, _server) = duplex(64);
-        let counters = ConnCounters::default();
-        let opts = RelayOptions {
-            idle_timeout: Duration::from_secs(10),
-            fastclose: FastClose::Off,
-        };
-        let started = Instant::now();
-        let talker = async {
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_secs(6)).await;
-                client.write_all(b"x").await.unwrap();
-            }
-            std::future::pending::<()>().await
-        };
-        let end = tokio::select! {
-            end = relay(&mut pen_client, &mut pen_server, &counters, opts, |_| {}) => end,
-            _ = talker => unreachable!(),
-        };
-        assert!(matches!(end, RelayEnd::Idle), "{end:?}");
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(28),
-            "last byte at 18 s + 10 s"
-        );
     }
 
     /// Upper-cases what it is given and holds back the last byte until the next read or EOF.
@@ -590,8 +500,7 @@ mod tests {
                 &mut pen_client,
                 &mut pen_server,
                 &counters,
-                options(),
-                |_| {},
+                FastClose::Off,
                 &mut Shout(None),
             )
             .await;
@@ -633,8 +542,7 @@ mod tests {
             &mut pen_client,
             &mut pen_server,
             &counters,
-            options(),
-            |_| {},
+            FastClose::Off,
             &mut Shout(None),
         )
         .await;
@@ -651,11 +559,7 @@ mod tests {
         let counters = ConnCounters::default();
         server.write_all(b"bye").await.unwrap();
         server.shutdown().await.unwrap();
-        let opts = RelayOptions {
-            idle_timeout: Duration::ZERO,
-            fastclose: FastClose::Up,
-        };
-        let end = relay(&mut pen_client, &mut pen_server, &counters, opts, |_| {}).await;
+        let end = relay(&mut pen_client, &mut pen_server, &counters, FastClose::Up).await;
         assert!(matches!(end, RelayEnd::FastClose), "{end:?}");
         assert_eq!(counters.to_client(), 3);
     }

@@ -31,7 +31,7 @@ use crate::addr::ListenAddr;
 use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
 use crate::engine;
 use crate::net::{BoundListener, ListenShape};
-use crate::proxy::{self, Limits, Shared};
+use crate::shared::{Limits, Shared};
 use crate::tls::Tls;
 use crate::udp::UdpPlane;
 use signals::{Event, Signals};
@@ -209,35 +209,28 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
-    // Each thread runs the epoll engine (see `engine`), unless PEN_PLANE=tokio asks for tokio.
-    let on_engine = !tokio_plane_asked();
     let mut mailboxes = Vec::new();
+    // Each thread runs the epoll engine (see `engine`).
     for i in 0..threads {
-        let limits = Limits {
-            slots: slots.clone(),
-            multi_accept: options.multi_accept.get(),
+        let mailbox = engine::Mailbox::new().context("can't start a data-plane thread")?;
+        mailboxes.push(mailbox.clone());
+        let setup = engine::Setup {
+            index: i,
+            listeners: listeners_rx.clone(),
+            shared: shared.clone(),
+            limits: Limits {
+                slots: slots.clone(),
+                multi_accept: options.multi_accept.get(),
+            },
+            phase: phase_rx.clone(),
+            mailbox,
+            tls: tls.clone(),
         };
-        let (shared, phase, ready) = (shared.clone(), phase_rx.clone(), ready_tx.clone());
-        let listeners = listeners_rx.clone();
-        let tls = tls.clone();
-        let thread = std::thread::Builder::new().name(format!("pen-data-{i}"));
-        let worker = if on_engine {
-            let mailbox = engine::Mailbox::new().context("can't start a data-plane thread")?;
-            mailboxes.push(mailbox.clone());
-            let setup = engine::Setup {
-                index: i,
-                listeners,
-                shared,
-                limits,
-                phase,
-                mailbox,
-                tls,
-            };
-            thread.spawn(move || engine::run(setup, ready))
-        } else {
-            thread.spawn(move || data_plane(i, listeners, shared, limits, tls, phase, ready))
-        }
-        .context("can't start a data-plane thread")?;
+        let ready = ready_tx.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("pen-data-{i}"))
+            .spawn(move || engine::run(setup, ready))
+            .context("can't start a data-plane thread")?;
         workers.push(worker);
     }
     let nudge_all = move || mailboxes.iter().for_each(|m| m.nudge());
@@ -258,11 +251,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     match (&bound, &udp) {
         (Some(bound), _) => info!(
-            "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads ({})",
+            "pen {} starting: listening on {}, {} servers, up to {conn_max} connections, {threads} threads",
             env!("CARGO_PKG_VERSION"),
             bound.local_addr().map_or_else(|| listen.to_string(), |a| a.to_string()),
             options.servers.len(),
-            if on_engine { "epoll" } else { "tokio" },
         ),
         (None, Some(plane)) => info!(
             "pen {} starting: listening on udp {}, {} servers, up to {conn_max} sessions",
@@ -603,12 +595,6 @@ fn data_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
-/// `PEN_PLANE=tokio` runs plain TCP on the tokio plane too, as TLS always does (for
-/// comparisons; the engine is the default).
-fn tokio_plane_asked() -> bool {
-    std::env::var("PEN_PLANE").is_ok_and(|v| v == "tokio")
-}
-
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
 /// Also returns what the `-o` commands asked of the shell.
 fn build_balancer(
@@ -648,75 +634,4 @@ fn build_balancer(
     balancer.set_emergency(options.emergency.as_ref());
     balancer.set_abuse(options.abuse.as_ref());
     Ok((balancer, actions))
-}
-
-/// Data-plane thread `index`: accept on its own socket of the listener and serve until told to
-/// drain, then keep serving the open connections until told to exit (dropping the runtime
-/// closes whatever is left). The thread follows `listeners`: when `listen` replaces the
-/// listener, it accepts on the new one.
-fn data_plane(
-    index: usize,
-    mut listeners: watch::Receiver<Option<Arc<BoundListener>>>,
-    shared: Arc<Shared>,
-    limits: Limits,
-    tls: Option<Arc<Tls>>,
-    mut phase: watch::Receiver<Phase>,
-    ready: mpsc::Sender<std::io::Result<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let register = |bound: &Option<Arc<BoundListener>>| match bound {
-            Some(b) => b.for_thread(index).and_then(BoundListener::register).map(Some),
-            None => Ok(None),
-        };
-        let first = register(&listeners.borrow_and_update())
-            .and_then(|l| l.ok_or_else(|| std::io::Error::other("no listener")));
-        let mut listener = match first {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready.send(Ok(()));
-        // Keep this thread's timer wheel from ever being empty: tokio wakes its own driver (an
-        // eventfd write and an extra epoll round) whenever a new timer is due before every
-        // pending one, which a lone connect timeout always is. A one-second tick costs one
-        // wake-up a second and saves that on every connection.
-        tokio::spawn(async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-            }
-        });
-        loop {
-            tokio::select! {
-                () = proxy::accept_loop(listener, shared.clone(), limits.clone(), tls.clone()) => break,
-                _ = phase.wait_for(|p| *p >= Phase::Drain) => break,
-                changed = listeners.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    match register(&listeners.borrow_and_update()) {
-                        Ok(Some(l)) => listener = l,
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!("can't take up the new listener: {e}");
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
-    });
 }

@@ -22,9 +22,9 @@
 //!   clients 10.72.1.1..40   pen 10.72.0.1   s1 10.72.0.11   s2 .12   s3 .13   (/16, bridge)
 //! ```
 //!
-//! Most scenarios run pen's data path and DSR in-process, in the pen namespace, with their
-//! settings given directly; `the_binary_takes_transparent_and_source_from_o_and_the_control_port`
-//! runs the pen binary there (`ip netns exec`) and drives it with `-o` and the control port.
+//! The transparent and source scenarios run the pen binary in the pen namespace (`ip netns
+//! exec`), configured with `-o` and, in one test, the control port; most DSR scenarios run DSR
+//! in-process there, with their settings given directly.
 
 mod support;
 
@@ -35,11 +35,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use pen::addr::{self, ListenAddr};
+use pen::addr;
 use pen::balancer::{Balancer, Server, ServerId, Settings, Target};
 use pen::dsr::{Dsr, DsrConfig, DsrStats};
-use pen::net::{BoundListener, ListenShape};
-use pen::proxy::{self, Limits, Shared};
+use pen::shared::Shared;
 use support::netns::{veth, Netns, NsTask};
 use support::{Listen, Pen, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,37 +106,34 @@ fn peer_reporter(ns: &Netns, ip: IpAddr) -> (SocketAddr, NsTask) {
     (rx.recv_timeout(WAIT).expect("server address"), task)
 }
 
-/// pen's data path in `ns`, listening on `listen` (port 0), balancing over `servers`.
+/// The pen binary in `ns` (`ip netns exec`), listening on `listen` (a port of its choosing),
+/// balancing over `servers`, with `commands` given as `-o`. Stopped by PID when dropped.
 fn pen_in(
     ns: &Netns,
-    listen: SocketAddr,
+    listen: IpAddr,
     servers: &[SocketAddr],
-    settings: Settings,
-) -> (SocketAddr, NsTask) {
-    let (tx, rx) = mpsc::channel();
-    let specs: Vec<_> = servers
-        .iter()
-        .map(|s| addr::parse_server(&format_server(*s), None).expect("server spec"))
-        .collect();
-    let task = ns.spawn(move || async move {
-        let mut balancer = Balancer::new(settings, NonZeroUsize::new(64).unwrap());
-        for (i, spec) in specs.iter().enumerate() {
-            balancer.replace_server(ServerId(i), Server::from_spec(spec));
+    commands: &[&str],
+) -> (SocketAddr, Pen) {
+    let family = if listen.is_ipv6() {
+        Listen::V6
+    } else {
+        Listen::V4
+    };
+    let pen = Pen::spawn(family, &["ip", "netns", "exec", &ns.name], |l| {
+        let port: u16 = l
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let mut args = vec!["-f".to_string()];
+        for command in commands {
+            args.extend(["-o".to_string(), command.to_string()]);
         }
-        let shape = ListenShape {
-            backlog: 64,
-            shards: 1,
-        };
-        let bound = BoundListener::bind(&ListenAddr::Tcp(listen), shape).expect("bind pen");
-        tx.send(bound.local_addr().unwrap()).unwrap();
-        let limits = Limits {
-            slots: Arc::new(tokio::sync::Semaphore::new(64)),
-            multi_accept: 16,
-        };
-        let listener = bound.register().expect("register");
-        proxy::accept_loop(listener, Shared::new(balancer), limits, None).await;
+        args.push(SocketAddr::new(listen, port).to_string());
+        args.extend(servers.iter().map(|s| format_server(*s)));
+        args
     });
-    (rx.recv_timeout(WAIT).expect("pen address"), task)
+    (SocketAddr::new(listen, pen.port()), pen)
 }
 
 fn format_server(s: SocketAddr) -> String {
@@ -177,33 +173,26 @@ fn transparent_makes_servers_see_the_client_ipv4_and_ipv6_and_source_wins() {
     let net = Net::new("tp");
     let (server4, _s4) = peer_reporter(&net.server, "10.71.2.2".parse().unwrap());
     let (server6, _s6) = peer_reporter(&net.server, "fd71:2::2".parse().unwrap());
-    let listen4: SocketAddr = "10.71.1.1:0".parse().unwrap();
-    let listen6: SocketAddr = "[fd71:1::1]:0".parse().unwrap();
+    let listen4: IpAddr = "10.71.1.1".parse().unwrap();
+    let listen6: IpAddr = "fd71:1::1".parse().unwrap();
 
     // Plain: the server sees pen.
-    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], Settings::default());
+    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], &[]);
     assert_eq!(ask_from(&net.client, pen), "peer=10.71.2.1");
 
     // transparent, IPv4 and IPv6: the server sees the client.
-    let transparent = Settings {
-        transparent: true,
-        ..Settings::default()
-    };
-    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], transparent.clone());
+    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], &["transparent"]);
     assert_eq!(ask_from(&net.client, pen), "peer=10.71.1.2");
-    let (pen6, _p6) = pen_in(&net.pen, listen6, &[server6], transparent.clone());
+    let (pen6, _p6) = pen_in(&net.pen, listen6, &[server6], &["transparent"]);
     assert_eq!(ask_from(&net.client, pen6), "peer=fd71:1::2");
 
     // An IPv6 client to an IPv4 server cannot be transparent: pen connects from its own address.
-    let (pen_mixed, _pm) = pen_in(&net.pen, listen6, &[server4], transparent.clone());
+    let (pen_mixed, _pm) = pen_in(&net.pen, listen6, &[server4], &["transparent"]);
     assert_eq!(ask_from(&net.client, pen_mixed), "peer=10.71.2.1");
 
     // source wins over transparent.
-    let both = Settings {
-        source: Some("10.71.2.3".parse().unwrap()),
-        ..transparent
-    };
-    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], both);
+    let both = ["transparent", "source 10.71.2.3"];
+    let (pen, _p) = pen_in(&net.pen, listen4, &[server4], &both);
     assert_eq!(ask_from(&net.client, pen), "peer=10.71.2.3");
 }
 

@@ -40,18 +40,6 @@ fn read_all(s: &mut impl Read) -> Vec<u8> {
 
 #[test]
 fn eight_mib_each_way_at_once_byte_exact() {
-    eight_mib_each_way(&[], "epoll");
-}
-
-/// TLS connections run on the tokio plane; `PEN_PLANE=tokio` puts plain TCP there too (for
-/// comparisons), and it relays the same.
-#[test]
-fn the_tokio_plane_relays_eight_mib_each_way_too() {
-    eight_mib_each_way(&["env", "PEN_PLANE=tokio"], "tokio");
-}
-
-/// Through the plane `plane` (pen's start-up line names it).
-fn eight_mib_each_way(wrapper: &[&str], plane: &str) {
     let up = pattern(1, 8 * MIB);
     let down = pattern(2, 8 * MIB);
     let (tx, rx) = channel::<Vec<u8>>();
@@ -66,9 +54,7 @@ fn eight_mib_each_way(wrapper: &[&str], plane: &str) {
         let _ = w.join();
         let _ = tx.lock().unwrap().send(got);
     });
-    let pen = Pen::spawn(Listen::V4, wrapper, |l| {
-        vec!["-fd".to_string(), l.to_string(), backend.spec()]
-    });
+    let pen = Pen::start(&[], &[backend.spec()]);
 
     let mut client = pen.connect();
     let mut writer = client.try_clone().unwrap();
@@ -79,12 +65,6 @@ fn eight_mib_each_way(wrapper: &[&str], plane: &str) {
     let got_up = rx.recv_timeout(IO_TIMEOUT).expect("backend result");
     assert_same_bytes("server -> client", &got_down, &down);
     assert_same_bytes("client -> server", &got_up, &up);
-    // Written before the first client was served.
-    let log = pen.stderr_text();
-    assert!(
-        log.contains(&format!("threads ({plane})")),
-        "not on the {plane} plane: {log}"
-    );
     drop(client);
     pen.finish();
 }

@@ -40,7 +40,9 @@ impl TlsServer {
                         let tls = tls.clone();
                         tokio::spawn(async move {
                             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let Ok(mut s) = tls.accept(pen::net::Stream::tcp_stream(tcp)).await
+                            let handshake = tls.handshake(tcp);
+                            let within = handshake.timeout();
+                            let Ok(Ok(mut s)) = tokio::time::timeout(within, handshake).await
                             else {
                                 return;
                             };

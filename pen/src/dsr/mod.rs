@@ -27,7 +27,7 @@ pub use engine::{Counts, ServerView};
 
 use crate::addr::Backend;
 use crate::balancer::Balancer;
-use crate::proxy::{RateLimit, Shared};
+use crate::shared::{RateLimit, Shared};
 
 /// The tarpit ACL: does this address belong to the tarpit?
 pub type Tarpit = Arc<dyn Fn(Ipv4Addr) -> bool + Send + Sync>;

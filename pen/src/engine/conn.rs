@@ -18,11 +18,27 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use crate::addr::Backend;
 use crate::balancer::{ConnCounters, ConnId, ConnOptions, FastClose, Peer, Target};
 use crate::http::{Proto, Rewriter};
-use crate::net::{upstream_socket, Nagle};
+use crate::net::upstream_socket;
 use crate::relay::{Endpoint, Pumps, RelayEnd, Verbatim};
 use crate::reqlog::RequestLog;
 
 use super::client::Client;
+
+/// When a TCP socket turns Nagle's algorithm off (TCP_NODELAY). Nagle cannot hold back a
+/// socket's first write: Linux delays a small segment only while an earlier small one is
+/// unacknowledged, and none was sent before. So the option is set just before the second write,
+/// and a connection that writes once each way (a request, a response, a close) costs no
+/// setsockopt at all, while one that writes more behaves from then on as if it had been set at
+/// the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nagle {
+    /// Left as the socket has it.
+    Keep,
+    /// Turned off before the second write; true once the first write went out.
+    OffAfterFirstWrite { written: bool },
+    /// Turned off (or found off, under TLS).
+    Off,
+}
 
 /// A socket and what epoll last told of it (edge-triggered: a flag stays set until a call
 /// finds the socket empty or full).
@@ -75,7 +91,9 @@ impl Sock {
         }
     }
 
-    /// Make the close send a reset (see `Stream::reset_on_close`).
+    /// Make the close that follows send a reset (SO_LINGER 0) rather than a FIN, for a
+    /// connection cut short: the peer sees an error, not what looks like a complete transfer.
+    /// Nothing on a Unix socket.
     pub fn reset_on_close(&self) {
         if self.tcp {
             let _ = self.socket.set_linger(Some(Duration::ZERO));
@@ -235,7 +253,7 @@ impl crate::relay::Endpoint for Sock {
 }
 
 /// Start a non-blocking connect to `backend` with the socket options the settings ask for
-/// (`net::upstream_socket`, as on tokio). The socket is writable once the connect has finished;
+/// (`net::upstream_socket`, as the idlers' connects have them). The socket is writable once the connect has finished;
 /// `connect_result` then says how.
 pub(super) fn start_connect(
     backend: &Backend,
@@ -521,6 +539,44 @@ mod tests {
 
     fn at_eof(s: &mut UnixStream) -> bool {
         matches!(s.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    /// TCP_NODELAY as the socket has it now.
+    fn nodelay(s: &Sock) -> bool {
+        s.socket.nodelay().unwrap()
+    }
+
+    #[test]
+    fn tcp_nodelay_goes_on_before_the_second_write_and_never_without_the_setting() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = Backend::Tcp(listener.local_addr().unwrap());
+        for tcp_nodelay in [true, false] {
+            let settings = Settings {
+                tcp_nodelay,
+                ..Settings::default()
+            }
+            .conn_options();
+            let mut upstream = start_connect(&backend, &settings, None).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            server
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            // Accepted, so the connect is over: the socket is writable.
+            upstream.ready(false, true, false);
+            assert!(!nodelay(&upstream), "set before any write");
+            assert_eq!(upstream.write_now(b"first", 0).unwrap(), 5);
+            assert!(!nodelay(&upstream), "a single write needs no setsockopt");
+            assert_eq!(upstream.write_now(b"second", 0).unwrap(), 6);
+            assert_eq!(nodelay(&upstream), tcp_nodelay, "tcp_nodelay {tcp_nodelay}");
+            assert_eq!(upstream.write_now(b"third", 0).unwrap(), 5);
+            assert_eq!(nodelay(&upstream), tcp_nodelay);
+            let mut got = [0u8; 16];
+            let mut n = 0;
+            while n < got.len() {
+                n += server.read(&mut got[n..]).unwrap();
+            }
+            assert_eq!(&got, b"firstsecondthird");
+        }
     }
 
     /// rustls hands a TLS flight over as several records: one call sends them, in order.

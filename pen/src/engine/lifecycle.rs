@@ -19,8 +19,8 @@ use super::mailbox::token_waker;
 use super::{edge, slot_of, Engine, RESUME_ACCEPT};
 use crate::balancer::Admission;
 use crate::net;
-use crate::proxy;
 use crate::relay::{RelayEnd, Side};
+use crate::shared;
 
 impl Engine {
     /// Connect as the balancer says: the next server, or close the client if there is none.
@@ -32,7 +32,7 @@ impl Engine {
                 backend,
             } = admission
             else {
-                proxy::no_server(self.conn(token).peer);
+                shared::no_server(self.conn(token).peer);
                 return self.close(token);
             };
             let c = self.conn(token);
@@ -57,7 +57,7 @@ impl Engine {
                     return;
                 }
                 Err(e) if net::is_local_failure(&e) => {
-                    proxy::local_failure(&backend, &e, now);
+                    shared::local_failure(&backend, &e, now);
                     return self.close(token);
                 }
                 Err(e) => e.to_string(),
@@ -76,7 +76,7 @@ impl Engine {
         failure: &str,
         now: Instant,
     ) -> Admission {
-        proxy::log_connect_failure(target, backend, failure);
+        shared::log_connect_failure(target, backend, failure);
         let admission = self.setup.shared.with(|b| b.connect_failed(conn, now));
         if admission == Admission::Refuse {
             // The balancer already forgot the connection.
@@ -181,7 +181,7 @@ impl Engine {
             Poll::Ready(Err(e)) => {
                 debug!(
                     "TLS handshake with {} failed: {e}",
-                    proxy::describe_peer(c.peer)
+                    shared::describe_peer(c.peer)
                 );
                 self.close(token);
             }
@@ -205,7 +205,7 @@ impl Engine {
             drop(server);
             if net::is_local_failure(&e) {
                 // Our descriptors or memory, not the server's fault: no blame, no failover.
-                proxy::local_failure(&backend, &e, now);
+                shared::local_failure(&backend, &e, now);
                 return self.close(token);
             }
             let admission = self.connect_failed(token, conn, target, &backend, &e.to_string(), now);
@@ -255,7 +255,9 @@ impl Engine {
         match end {
             RelayEnd::Error(side, e) => {
                 debug!("connection {}: {side:?} error: {e}", relay.conn.0);
-                // A socket that failed ends the other side with a reset too (see `proxy`).
+                // A socket that failed (a reset, a keepalive timeout) ends the other side with
+                // a reset too: a FIN would make a cut transfer look complete. (An `-H` refusal
+                // is no socket error: that ends in FINs.)
                 if e.raw_os_error().is_some() {
                     match side {
                         Side::Server => c.client.reset_on_close(),
@@ -316,10 +318,9 @@ impl Engine {
         match &mut c.state {
             State::Dummy { deadline } if now >= *deadline => self.close(token),
             State::Handshake { deadline, timeout } if now >= *deadline => {
-                let e = crate::tls::HandshakeError::Timeout(*timeout);
                 debug!(
-                    "TLS handshake with {} failed: {e}",
-                    proxy::describe_peer(c.peer)
+                    "TLS handshake with {} failed: no handshake within {timeout:?}",
+                    shared::describe_peer(c.peer)
                 );
                 self.close(token);
             }

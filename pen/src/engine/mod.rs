@@ -9,11 +9,11 @@
 //! 1.5 µs per request more than C pen's whole loop. A plain loop that reads and writes straight
 //! from the event costs what C pen's does.
 //!
-//! What a connection does here is what `proxy::serve` and `relay::relay` do there, in the same
-//! order and with the same log messages: admit, connect with the `-t` timeout (given up at once
-//! if the client resets), fail over as the balancer says, relay with back-pressure and
-//! half-close, `tcp_fastclose`, the idle timeout, `-H` rewriting, `close N` and the reset at the
-//! end of the shutdown grace period.
+//! What a connection goes through here, in order: the TLS handshake under `-E`, admission,
+//! the connect with the `-t` timeout (given up at once if the client resets), failover as the
+//! balancer says, the relay (`relay::Pumps`) with back-pressure and half-close,
+//! `tcp_fastclose`, the idle timeout, `-H` rewriting, `close N` and the reset at the end of the
+//! shutdown grace period.
 //!
 //! Everything a thread owns stays on it. Other threads reach it only through its `Mailbox`: an
 //! eventfd in its epoll set and a list of tokens, posted by wakers. `close N` wakes the
@@ -45,8 +45,8 @@ use tracing::{debug, error, warn};
 
 use crate::balancer::{Admission, ConnOptions, Peer};
 use crate::net::{self, BoundListener};
-use crate::proxy::{self, Limits, Shared};
 use crate::run::Phase;
+use crate::shared::{self, Limits, Shared};
 use crate::tls::Tls;
 
 use client::Client;
@@ -357,7 +357,7 @@ impl Engine {
                     return;
                 }
                 Err(e) if net::is_local_failure(&e) => {
-                    if proxy::ACCEPT_FAILURE_LOG.allow(now) {
+                    if shared::ACCEPT_FAILURE_LOG.allow(now) {
                         warn!("accept: {e}; pausing new connections until descriptors free up");
                     }
                     self.accept_paused_until = Some(now + EXHAUSTION_PAUSE);
@@ -391,7 +391,7 @@ impl Engine {
         let (admission, settings) = admission(&self.setup.shared, peer, now);
         if admission == Some(Admission::ClientLimit) {
             // Refused before it costs a slot or an epoll registration.
-            return proxy::client_limit_reached(&self.setup.shared, peer);
+            return shared::client_limit_reached(&self.setup.shared, peer);
         }
         let client = Client::Plain(client);
         let Some(token) = self.register(client, peer, settings, State::Choosing, permit) else {
@@ -424,7 +424,7 @@ impl Engine {
         let generation = self.slots[slot as usize].generation;
         let client_token = token(slot, generation, false);
         if let Err(e) = self.epoll.add(sock.socket.as_fd(), edge(client_token)) {
-            debug!("can't register {}: {e}", proxy::describe_peer(peer));
+            debug!("can't register {}: {e}", shared::describe_peer(peer));
             self.free.push(slot);
             return None;
         }
@@ -444,7 +444,7 @@ impl Engine {
         let peer = self.conn(token).peer;
         let (admission, settings) = admission(&self.setup.shared, peer, now);
         if admission == Some(Admission::ClientLimit) {
-            proxy::client_limit_reached(&self.setup.shared, peer);
+            shared::client_limit_reached(&self.setup.shared, peer);
             return self.close(token);
         }
         self.admitted(token, admission, settings, now);

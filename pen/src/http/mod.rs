@@ -39,8 +39,8 @@ use std::time::Instant;
 use tracing::warn;
 
 use crate::balancer::XffMode;
-use crate::proxy::RateLimit;
 use crate::relay::Rewrite;
+use crate::shared::RateLimit;
 use head::{Framing, Parsed};
 
 /// The largest request head pen rewrites (request line and headers).

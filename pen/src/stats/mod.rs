@@ -14,7 +14,7 @@ use std::time::Instant;
 use tracing::info;
 
 use crate::balancer::{Balancer, Snapshot};
-use crate::proxy::Shared;
+use crate::shared::Shared;
 
 /// Why the status page was not written.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! TLS termination with rustls: pen's `-E`/`-K`/`-G`/`-A`/`-R`/`-L` and the `ssl_*` control
 //! commands, as a handshake that runs before a client is admitted. A client that completes the
-//! handshake becomes a `net::Stream::Tls`, and from there on the balancer and the relay treat it
-//! as any other stream; a client that does not is closed without a server ever being chosen.
+//! handshake becomes a `TlsClient`, and from there on the balancer and the relay treat it as any
+//! other stream; a client that does not is closed without a server ever being chosen.
 //!
 //! The parts: `TlsOptions` is what the command line and the control commands set (plain data,
 //! checked for syntax only); `Tls` is the live handle the data plane accepts with. `Tls` holds
@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::net::Stream;
 pub use config::{CipherChoice, Protocols};
 pub use stream::{Handshake, TlsClient};
 
@@ -155,15 +154,6 @@ pub enum TlsError {
     NoCertificate,
 }
 
-/// Why a client's handshake failed. The client is closed; no server was involved.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    #[error("no handshake within {0:?}")]
-    Timeout(Duration),
-    #[error("{0}")]
-    Failed(#[from] io::Error),
-}
-
 /// The live TLS configuration the data plane accepts clients with.
 pub struct Tls {
     /// The options the current contexts were built from. Held only while building (main
@@ -229,16 +219,6 @@ impl Tls {
     /// TLS allows one) and an error. The caller bounds it by `Handshake::timeout`.
     pub fn handshake<IO>(&self, client: IO) -> Handshake<IO> {
         Handshake::new(self.contexts(), client)
-    }
-
-    /// `handshake` within its timeout, on tokio.
-    pub async fn accept(&self, client: Stream) -> Result<Stream, HandshakeError> {
-        let handshake = self.handshake(client);
-        let timeout = handshake.timeout();
-        match tokio::time::timeout(timeout, handshake).await {
-            Ok(result) => Ok(Stream::Tls(Box::new(result?))),
-            Err(_) => Err(HandshakeError::Timeout(timeout)),
-        }
     }
 }
 

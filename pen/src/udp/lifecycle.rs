@@ -17,7 +17,7 @@ use super::{End, Plane, LOCAL_FAILURE_LOG, STATS};
 use crate::addr::Backend;
 use crate::balancer::{Admission, Peer};
 use crate::net;
-use crate::proxy::describe;
+use crate::shared::describe;
 
 impl Plane {
     /// A new session for `client`, placed by the balancer; None if no server takes it.
@@ -37,7 +37,7 @@ impl Plane {
         };
         let admission = self.shared.with(|b| b.admit(peer, now));
         if admission == Admission::ClientLimit {
-            crate::proxy::client_limit_reached(&self.shared, peer);
+            crate::shared::client_limit_reached(&self.shared, peer);
             return None;
         }
         let placed = self.place(admission, now, true)?;

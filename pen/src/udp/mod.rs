@@ -50,7 +50,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{debug, info, warn};
 
 use crate::balancer::{ConnCounters, Target};
-use crate::proxy::{RateLimit, Shared};
+use crate::shared::{RateLimit, Shared};
 use session::Session;
 use socket::{Batch, Downstream, LocalDst, Outbox, BATCH};
 use spares::Spares;
