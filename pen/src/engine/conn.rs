@@ -253,8 +253,8 @@ impl crate::relay::Endpoint for Sock {
 }
 
 /// Start a non-blocking connect to `backend` with the socket options the settings ask for
-/// (`net::upstream_socket`, as the idlers' connects have them). The socket is writable once the connect has finished;
-/// `connect_result` then says how.
+/// (`net::upstream_socket`, as the idlers' connects have them). The socket is writable once
+/// the connect has finished; `connect_result` then says how.
 pub(super) fn start_connect(
     backend: &Backend,
     settings: &ConnOptions,
