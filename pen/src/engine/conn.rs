@@ -337,7 +337,8 @@ pub(super) struct Conn {
     pub _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// The relay state of one connection (`relay::relay`'s, without a task around it).
+/// The relay state of one connection: the server socket, both directions (`relay::Pumps`), the
+/// counters, the `-H` rewriter and the idle timeout.
 pub(super) struct Relay {
     pub conn: ConnId,
     pub server: Sock,
