@@ -688,6 +688,117 @@ fn unix_listener_path_that_is_a_regular_file_is_kept() {
     assert_eq!(fs::read_to_string(&path).unwrap(), "do not delete");
 }
 
+/// What one thread of a connect storm saw.
+#[derive(Debug, Default)]
+struct StormThread {
+    clients: usize,
+    slowest: Duration,
+    /// Clients not closed promptly, and connects that failed.
+    failures: Vec<String>,
+}
+
+/// Catalogue L6: a connect storm while every server refuses. A failed connect blacklists its
+/// server for `-b` (2 s); while both servers are blacklisted there is no first choice and no
+/// emergency server, so pen closes the client without connecting anywhere (man page, "server
+/// selection"). Four threads connect for 2.5 s, each as fast as it can up to 250 clients a
+/// second (1 000 a second in all, the catalogue's load; at most 700 clients each). Each client
+/// is closed well inside the 2 s connect timeout (in under 1 s). Each server is tried again only
+/// once its blacklist is over: at most floor(storm / 2 s) + 1 rounds of tries, and a round has at
+/// most one try per connection pen holds before the first failure of the round is known, here
+/// at most 4 (each thread waits for its client's end before the next). So not the catalogue's
+/// "1 per window": tries already under way when a server fails cannot be taken back. After the
+/// storm pen's descriptors are back at their baseline and it uses next to no CPU.
+#[test]
+fn connect_storm_against_refusing_servers_is_throttled_by_the_blacklist() {
+    const THREADS: u8 = 4;
+    const PER_THREAD: usize = 700;
+    /// Each thread's pace at most: 250 clients a second.
+    const GAP: Duration = Duration::from_millis(4);
+    const STORM: Duration = Duration::from_millis(2500);
+    const BLACKLIST: Duration = Duration::from_secs(2);
+    let (d1, d2) = (Dead::new(), Dead::new());
+    let c = Controlled::start(&["-b", "2", "-t", "2"], &[d1.spec(), d2.spec()]);
+    let (pid, addr) = (c.pen.pid(), c.pen.tcp());
+    let baseline = stable_fd_count(&c.pen);
+
+    let started = Instant::now();
+    let threads: Vec<StormThread> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut seen = StormThread::default();
+                    while seen.clients < PER_THREAD && started.elapsed() < STORM {
+                        // The pace is only an upper bound: a slow machine just makes fewer.
+                        let due = started + GAP * seen.clients as u32;
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let opened = Instant::now();
+                        let mut s = match connect_from(loopback(10 + t), 0, addr) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                seen.failures.push(format!("connect: {e}"));
+                                break;
+                            }
+                        };
+                        s.set_read_timeout(Some(Duration::from_secs(1)))
+                            .expect("read timeout");
+                        let end = drain(&mut s);
+                        let took = opened.elapsed();
+                        seen.clients += 1;
+                        seen.slowest = seen.slowest.max(took);
+                        if !matches!(end, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)) {
+                            seen.failures
+                                .push(format!("client {}: {end:?} after {took:?}", seen.clients));
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("storm thread"))
+            .collect()
+    });
+    let storm = started.elapsed();
+    let clients: usize = threads.iter().map(|t| t.clients).sum();
+    let failures: Vec<&String> = threads.iter().flat_map(|t| &t.failures).collect();
+    assert!(
+        failures.is_empty(),
+        "clients not closed within 1 s (or not connected): {failures:?}; stderr:\n{}",
+        c.pen.stderr_text()
+    );
+
+    let rounds = (storm.as_secs_f64() / BLACKLIST.as_secs_f64()).floor() as u64 + 1;
+    let most = rounds * u64::from(THREADS);
+    let tries: Vec<u64> = c.snapshot().servers.iter().map(|s| s.connects).collect();
+    eprintln!(
+        "{clients} clients in {storm:?} (slowest closed after {:?}); tries per server: {tries:?}",
+        threads.iter().map(|t| t.slowest).max()
+    );
+    for (i, &n) in tries.iter().enumerate() {
+        assert!(
+            (1..=most).contains(&n),
+            "server {i} was tried {n} times for {clients} clients in {storm:?}: want 1 to \
+             {most} ({rounds} blacklist rounds of at most {THREADS})"
+        );
+    }
+
+    let settled = poll_until(Duration::from_secs(5), || {
+        (fd_count(pid) <= baseline).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "pen holds {} descriptors after the storm, {baseline} before",
+        fd_count(pid)
+    );
+    let cpu = cpu_during(pid, || thread::sleep(Duration::from_secs(1)));
+    assert!(
+        cpu < 0.2,
+        "pen used {cpu:.2} s of CPU in the second after the storm"
+    );
+    c.pen.finish();
+}
+
 /// Writes that may fail because pen already closed the connection.
 trait WriteIgnoring {
     fn write_all_ignoring(&mut self, data: &[u8]);

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -642,4 +642,136 @@ fn ssl_commands_need_tls_and_name_files_only_where_allowed() {
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("TLS is not on"), "{}", out.stderr);
+}
+
+/// Catalogue B4: a control client that sends a command with a large reply and never reads it.
+/// The reply (`snapshot` with 3 000 clients in the table, hundreds of KiB) cannot fit in the
+/// socket buffers of a connection with a small receive buffer and MSS, so pen's write is stuck.
+/// It is stuck on the control connection's own task: meanwhile the data plane answers within
+/// 1 s and another control command within 2 s. pen drops the stuck connection when its write
+/// deadline (`CONTROL_TIMEOUT`, 10 s) runs out, without sending the rest of the reply, and its
+/// descriptors return to what they were before.
+#[test]
+fn a_control_client_that_never_reads_is_dropped_at_the_write_deadline() {
+    use pen::control_port::CONTROL_TIMEOUT;
+    const CLIENTS: u32 = 3000;
+    let a = Backend::named("a");
+    let c = Controlled::start(&["-c", "10000"], &[a.spec()]);
+    let pid = c.pen.pid();
+    for i in 0..CLIENTS {
+        let ip = std::net::Ipv4Addr::new(127, 10, (i / 250) as u8, 1 + (i % 250) as u8);
+        assert_eq!(c.pen.ask_from_addr(ip, 0), "a", "client {ip}");
+    }
+    let known = wait_until(
+        "every client connection to end",
+        Duration::from_secs(10),
+        || {
+            let snap = c.snapshot();
+            (snap.counters.conns_used == 0 && a.open_connections() == 0)
+                .then_some(snap.clients.len())
+        },
+    );
+    assert!(
+        known >= CLIENTS as usize,
+        "{known} clients in the table, {CLIENTS} seen"
+    );
+    let full = c.ctl("snapshot").len();
+    assert!(
+        full > 256 * 1024,
+        "the reply is only {full} bytes: too small to fill the socket buffers"
+    );
+    let baseline = stable_fd_count(&c.pen);
+
+    // A small receive buffer, and a small MSS so that pen's send buffer stays small too.
+    let tuning = Tuning {
+        rcvbuf: Some(4096),
+        mss: Some(536),
+        ..Tuning::default()
+    };
+    let mut stuck = connect_tuned(c.control, tuning).expect("connect to the control port");
+    let sent_at = Instant::now();
+    stuck.write_all(b"snapshot\n").unwrap();
+    // The reply has begun: its first bytes wait in our receive buffer (peeking leaves them
+    // there, so the window stays shut).
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let peeked = stuck.peek(&mut [0u8; 1]).expect("the reply to begin");
+    assert_eq!(peeked, 1);
+    let held = |s: &TcpStream| holds_connection(pid, c.control, s.local_addr().unwrap());
+    assert!(held(&stuck), "pen does not hold the control connection");
+
+    let t = Instant::now();
+    assert_eq!(c.pen.ask_from(2), "a");
+    let served_in = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(c.ctl("blacklist"), "30\n");
+    let answered_in = t.elapsed();
+    assert!(
+        served_in < Duration::from_secs(1) && answered_in < Duration::from_secs(2),
+        "with a control reply stuck, a client was served in {served_in:?} and a control \
+         command answered in {answered_in:?}"
+    );
+    assert!(
+        held(&stuck),
+        "pen dropped the stuck control connection early"
+    );
+
+    // pen drops the connection at its write deadline: its socket leaves pen's descriptors.
+    // Watching them, unlike reading, leaves the window shut.
+    let dropped_after = poll_until(CONTROL_TIMEOUT + Duration::from_secs(10), || {
+        (!held(&stuck)).then(|| sent_at.elapsed())
+    })
+    .expect("pen to drop the stuck control connection");
+    assert!(
+        dropped_after >= CONTROL_TIMEOUT - Duration::from_secs(1)
+            && dropped_after < CONTROL_TIMEOUT + Duration::from_secs(5),
+        "the stuck control connection was dropped {dropped_after:?} after its command, with a \
+         {CONTROL_TIMEOUT:?} write deadline"
+    );
+    // What pen had handed to the kernel arrives, then the end; never the whole reply.
+    let mut got = Vec::new();
+    let end = stuck.read_to_end(&mut got).map_err(|e| e.kind());
+    assert!(
+        matches!(end, Ok(_) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the stuck control connection did not end: {end:?}"
+    );
+    assert!(
+        got.len() < full,
+        "the whole {full}-byte reply arrived: pen's write was never stuck"
+    );
+    let settled = poll_until(Duration::from_secs(5), || {
+        (fd_count(pid) <= baseline).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "pen holds {} descriptors, {baseline} before the stuck control client",
+        fd_count(pid)
+    );
+    assert_eq!(c.pen.ask_from(3), "a");
+    c.pen.finish();
+}
+
+/// Does process `pid` hold, as one of its descriptors, its end of the IPv4 TCP connection between
+/// its `local` address and `remote`? A socket pen has closed may live on in the kernel (sending
+/// what is left, then its FIN), but no longer as pen's.
+fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> bool {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        ),
+        SocketAddr::V6(_) => panic!("holds_connection: IPv4 only"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let mine = socket_inodes(pid);
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 9
+            && f[1] == local
+            && f[2] == remote
+            && f[9].parse().is_ok_and(|inode: u64| mine.contains(&inode))
+    })
 }

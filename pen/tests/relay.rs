@@ -16,19 +16,9 @@ use support::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// Write `data` in pseudo-random chunk sizes (1 byte to 64 KiB), then half-close.
-fn write_in_chunks(s: &mut Stream, data: &[u8], seed: u64) -> std::io::Result<()> {
-    let sizes = pattern(seed, data.len() / 512 + 16);
-    let mut at = 0;
-    let mut i = 0;
-    while at < data.len() {
-        let r = u16::from_le_bytes([sizes[i % sizes.len()], sizes[(i + 1) % sizes.len()]]);
-        let size = 1 + usize::from(r) % (64 * 1024);
-        let end = (at + size).min(data.len());
-        s.write_all(&data[at..end])?;
-        at = end;
-        i += 2;
-    }
+/// Write `data` in pseudo-random chunk sizes (see `write_in_chunks`), then half-close.
+fn upload(s: &mut Stream, data: &[u8], seed: u64) -> std::io::Result<()> {
+    write_in_chunks(s, data, seed)?;
     s.shutdown(Shutdown::Write)
 }
 
@@ -49,7 +39,7 @@ fn eight_mib_each_way_at_once_byte_exact() {
     let backend = Backend::tcp(move |mut s| {
         let mut writer = s.try_clone().expect("clone");
         let down = down_for_backend.clone();
-        let w = thread::spawn(move || write_in_chunks(&mut writer, &down, 3));
+        let w = thread::spawn(move || upload(&mut writer, &down, 3));
         let got = read_all(&mut s);
         let _ = w.join();
         let _ = tx.lock().unwrap().send(got);
@@ -59,7 +49,7 @@ fn eight_mib_each_way_at_once_byte_exact() {
     let mut client = pen.connect();
     let mut writer = client.try_clone().unwrap();
     let up_for_writer = up.clone();
-    let w = thread::spawn(move || write_in_chunks(&mut writer, &up_for_writer, 4));
+    let w = thread::spawn(move || upload(&mut writer, &up_for_writer, 4));
     let got_down = read_all(&mut client);
     w.join().unwrap().expect("upload");
     let got_up = rx.recv_timeout(IO_TIMEOUT).expect("backend result");
@@ -654,7 +644,7 @@ fn a_server_with_a_tiny_window_gets_every_byte_without_pen_spinning() {
     let mut client = pen.connect();
     let mut writer = client.try_clone().unwrap();
     let data_for_writer = data.clone();
-    let w = thread::spawn(move || write_in_chunks(&mut writer, &data_for_writer, 24));
+    let w = thread::spawn(move || upload(&mut writer, &data_for_writer, 24));
     let mut received = None;
     let cpu = cpu_during(pen.pid(), || {
         received = rx.recv_timeout(Duration::from_secs(30)).ok();
@@ -709,4 +699,106 @@ fn idle_timeout_also_closes_a_half_closed_connection() {
     );
     let _ = release.send(());
     pen.finish();
+}
+
+/// What a hanging server saw: each read's result and when it returned.
+type ServerReads = mpsc::Receiver<(Instant, Result<usize, std::io::ErrorKind>)>;
+
+/// A server that accepts and reads, and never writes nor closes: it reports every read (the
+/// request, then more data, or the EOF or reset that ends its connection) and ends at EOF or on
+/// an error.
+fn hanging_server() -> (Backend, ServerReads) {
+    let (tx, rx) = channel();
+    let backend = Backend::tcp(move |mut s| {
+        let mut buf = [0u8; 1024];
+        loop {
+            let read = s.read(&mut buf).map_err(|e| e.kind());
+            let _ = tx.lock().unwrap().send((Instant::now(), read));
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    });
+    (backend, rx)
+}
+
+/// Catalogue F7: a server that takes the request, then neither answers nor closes. With
+/// `-o idle_timeout 2`, pen closes both sides of the connection 2 s after its last byte: the
+/// client sees its end, and so does the server (EOF or reset), each between 1.5 s and 4 s after
+/// the request was sent (the upper bound is loose for slow machines).
+#[test]
+fn idle_timeout_closes_both_sides_when_the_server_hangs() {
+    let (hang, reads) = hanging_server();
+    let pen = Pen::start(&["-o", "idle_timeout 2"], &[hang.spec()]);
+    let window = Duration::from_millis(1500)..Duration::from_secs(4);
+    let mut c = pen.connect();
+    let sent = Instant::now();
+    c.write_all(b"request").unwrap();
+    let (_, request) = reads
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the request to reach the server");
+    assert_eq!(request, Ok(7));
+
+    c.set_read_timeout(Some(Duration::from_secs(6)));
+    let end = drain(&mut c);
+    let client_closed = sent.elapsed();
+    assert!(
+        matches!(end, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the client's connection did not end within 6 s: {end:?}"
+    );
+    assert!(
+        window.contains(&client_closed),
+        "the client's connection ended {client_closed:?} after the request, with idle_timeout 2"
+    );
+    let (at, server_end) = reads
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the server's connection to end");
+    let server_closed = at.duration_since(sent);
+    assert!(
+        matches!(server_end, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the server read {server_end:?}"
+    );
+    assert!(
+        window.contains(&server_closed),
+        "the server's connection ended {server_closed:?} after the request, with idle_timeout 2"
+    );
+    wait_until(
+        "the server to close its side",
+        Duration::from_secs(5),
+        || (hang.open_connections() == 0).then_some(()),
+    );
+    drop(c);
+    pen.finish();
+}
+
+/// Catalogue F7, the default: `idle_timeout` is 0 unless set, and 0 means none (as in pen
+/// 0.34.1). A connection whose server hangs stays open, here for 4.5 s (over twice the timeout
+/// above), and still carries what the client sends next.
+#[test]
+fn without_idle_timeout_a_connection_to_a_hanging_server_stays_open() {
+    let (hang, reads) = hanging_server();
+    let c = support::control::Controlled::start(&[], &[hang.spec()]);
+    assert_eq!(c.ctl("idle_timeout"), "Idle timeout: 0 seconds\n");
+    let mut s = c.pen.connect();
+    s.write_all(b"request").unwrap();
+    let (_, request) = reads
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the request to reach the server");
+    assert_eq!(request, Ok(7));
+    // The silence is what is tested: it must outlast a timeout pen would enforce on a timer.
+    assert!(
+        stays_silent(&mut s, Duration::from_millis(4500)),
+        "pen ended a silent connection with no idle timeout; stderr:\n{}",
+        c.pen.stderr_text()
+    );
+    let early = reads.try_recv().ok();
+    assert!(early.is_none(), "the server's side ended: {early:?}");
+    assert_eq!(hang.open_connections(), 1);
+    s.write_all(b"more").unwrap();
+    let (_, more) = reads
+        .recv_timeout(Duration::from_secs(5))
+        .expect("more to reach the server");
+    assert_eq!(more, Ok(4), "after the silence");
+    drop(s);
+    c.pen.finish();
 }

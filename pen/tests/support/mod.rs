@@ -115,6 +115,23 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Write `data` in pseudo-random chunk sizes (1 byte to 64 KiB, from `seed`), so that the
+/// relay sees reads and writes of every size.
+pub fn write_in_chunks(s: &mut impl Write, data: &[u8], seed: u64) -> io::Result<()> {
+    let sizes = pattern(seed, data.len() / 512 + 16);
+    let mut at = 0;
+    let mut i = 0;
+    while at < data.len() {
+        let r = u16::from_le_bytes([sizes[i % sizes.len()], sizes[(i + 1) % sizes.len()]]);
+        let size = 1 + usize::from(r) % (64 * 1024);
+        let end = (at + size).min(data.len());
+        s.write_all(&data[at..end])?;
+        at = end;
+        i += 2;
+    }
+    Ok(())
+}
+
 /// Where two byte strings first differ (for readable assertion messages on megabytes).
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
