@@ -6,12 +6,14 @@ mod support;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Socket, Type};
 use support::control::Controlled;
 use support::*;
 
@@ -808,4 +810,224 @@ impl<W: std::io::Write> WriteIgnoring for W {
     fn write_all_ignoring(&mut self, data: &[u8]) {
         let _ = self.write_all(data);
     }
+}
+
+// ---- address families (catalogue O4) ------------------------------------------------------------
+
+/// `Controlled::start`, but with pen listening on IPv6: `[::1]:PORT`, or the wildcard `[::]:PORT`
+/// when `wildcard` (pen makes that socket dual-stack itself, whatever net.ipv6.bindv6only says).
+/// The control port stays on 127.0.0.1.
+fn controlled_v6(wildcard: bool, opts: &[&str], servers: &[String]) -> Controlled {
+    assert!(ipv6_available(), "no IPv6 loopback ([::1]) on this machine");
+    let port = free_port(Ipv4Addr::LOCALHOST.into());
+    let control = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let mut fixed: Vec<String> = vec!["-f".into(), "-C".into(), control.to_string()];
+    fixed.extend(support::control::user_args());
+    fixed.extend(opts.iter().map(|s| s.to_string()));
+    let pen = Pen::spawn(Listen::V6, &[], |l| {
+        let listen = if wildcard {
+            l.replacen("[::1]", "[::]", 1)
+        } else {
+            l.to_string()
+        };
+        let mut args = fixed.clone();
+        args.push(listen);
+        args.extend(servers.iter().cloned());
+        args
+    });
+    let ready = poll_until(Duration::from_secs(5), || TcpStream::connect(control).ok());
+    assert!(
+        ready.is_some(),
+        "control port {control} never answered; stderr:\n{}",
+        pen.stderr_text()
+    );
+    Controlled { pen, control }
+}
+
+/// Connect to `to` from whatever source the kernel picks, ask the backend's name, and close.
+/// An IPv6 socket has IPV6_V6ONLY off, so that it can reach a v4-mapped address whatever
+/// net.ipv6.bindv6only says.
+fn ask_at(to: SocketAddr) -> std::io::Result<String> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    if to.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let mut s = TcpStream::from(socket);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let name = ask(&mut s)?;
+    let _ = s.shutdown(Shutdown::Write);
+    Ok(name)
+}
+
+/// Catalogue O4: an IPv6 client access list with a /64 prefix, end to end on a `[::1]` listener
+/// (the client is ::1, the only loopback IPv6 address). `acl N permit|deny ADDR/LEN` takes the
+/// prefix; pen's rule decides (first matching entry of the client's family, else the opposite of
+/// the last entry). Inside a permitted /64 the client is served; outside it (the next /64,
+/// `0:0:0:1::/64`, which differs from ::1's only in the prefix's last bit) a permit-only list
+/// denies it, and without `-B` a denied client is closed without any server being contacted.
+/// With `-B`, a client inside a denied /64 goes to the abuse server, and one outside a deny-only
+/// list is served.
+#[test]
+fn ipv6_client_acl_with_a_64_prefix_permits_inside_and_denies_outside() {
+    let (a, abuse) = (Backend::named("A"), Backend::named("abuse"));
+    let c = controlled_v6(
+        false,
+        &["-o", "acl 1 permit ::/64", "-o", "client_acl 1"],
+        &[a.spec()],
+    );
+    let pen_at = c.pen.tcp();
+    assert_eq!(
+        ask_at(pen_at).expect("::1 is inside ::/64"),
+        "A",
+        "::1 inside ::/64"
+    );
+    assert_eq!(c.ctl("no acl 1"), "");
+    assert_eq!(c.ctl("acl 1 permit 0:0:0:1::/64"), "");
+    let served_before = a.accepted.load(Ordering::SeqCst);
+    let denied = ask_at(pen_at);
+    assert!(
+        denied.is_err(),
+        "::1 is outside 0:0:0:1::/64 and the list only permits: want closed, got {denied:?}"
+    );
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        served_before,
+        "a denied client reached the server"
+    );
+    // The list is what changed: back to the client's /64, it is served again.
+    assert_eq!(c.ctl("no acl 1"), "");
+    assert_eq!(c.ctl("acl 1 permit ::/64"), "");
+    assert_eq!(ask_at(pen_at).expect("served again"), "A");
+    c.pen.finish();
+
+    let c = controlled_v6(
+        false,
+        &[
+            "-B",
+            &abuse.spec(),
+            "-o",
+            "acl 2 deny ::/64",
+            "-o",
+            "client_acl 2",
+        ],
+        &[a.spec()],
+    );
+    let pen_at = c.pen.tcp();
+    assert_eq!(
+        ask_at(pen_at).expect("an answer"),
+        "abuse",
+        "::1 inside the denied ::/64 goes to -B"
+    );
+    assert_eq!(c.ctl("no acl 2"), "");
+    assert_eq!(c.ctl("acl 2 deny fd00::/64"), "");
+    assert_eq!(
+        ask_at(pen_at).expect("an answer"),
+        "A",
+        "::1 outside the deny-only fd00::/64 is permitted"
+    );
+    c.pen.finish();
+}
+
+/// Catalogue O4: on a dual-stack wildcard listener (`[::]:PORT`) an IPv4 client arrives as
+/// ::ffff:127.0.0.1 whether it connects with an IPv4 socket to 127.0.0.1 or with an IPv6 socket
+/// to ::ffff:127.0.0.1, and pen treats both as the IPv4 client 127.0.0.1 (man page: "treated as
+/// IPv4 clients for tracking"): all three connections go to the tracked server, and the client
+/// table has one entry, `127.0.0.1`, with three connects. ::1, a different client, is placed by
+/// round robin on the other server and gets an entry of its own.
+#[test]
+fn v4_mapped_and_ipv4_clients_are_one_tracked_client_on_a_wildcard_listener() {
+    let (a, b) = (Backend::named("A"), Backend::named("B"));
+    let c = controlled_v6(true, &[], &[a.spec(), b.spec()]);
+    let port = c.pen.port();
+    let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let mapped = SocketAddr::new(Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), port);
+    let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+    let got: Vec<String> = [v4, mapped, v4]
+        .iter()
+        .map(|&to| ask_at(to).unwrap_or_else(|e| panic!("client to {to}: {e}")))
+        .collect();
+    assert_eq!(
+        got,
+        ["B", "B", "B"],
+        "round robin's first pick (server 1), then tracking"
+    );
+    assert_eq!(
+        ask_at(v6).expect("::1 answered"),
+        "A",
+        "::1 is a new client"
+    );
+
+    let snap = c.snapshot();
+    let mut clients: Vec<(&str, Option<i64>, u64)> = snap
+        .clients
+        .iter()
+        .map(|e| (e.address.as_str(), e.last_server, e.connects))
+        .collect();
+    clients.sort();
+    assert_eq!(
+        clients,
+        [("127.0.0.1", Some(1), 3), ("::1", Some(0), 1)],
+        "client table (address, last server, connects)"
+    );
+    c.pen.finish();
+}
+
+/// Catalogue O4: the listener's family and a server's are independent. An IPv4 listener relays
+/// to an IPv6 server given as `[::1]:PORT`, and an IPv6 listener (`[::1]:PORT`) to an IPv4
+/// server; each server sees pen connect from its own family's loopback address.
+#[test]
+fn ipv4_listener_to_ipv6_server_and_ipv6_listener_to_ipv4_server() {
+    assert!(ipv6_available(), "no IPv6 loopback ([::1]) on this machine");
+    let (peers_tx, peers) = channel::<SocketAddr>();
+    let peer_named = move |name: &'static str| {
+        let tx = peers_tx.clone();
+        Arc::new(move |mut s: Stream| {
+            if let Stream::Tcp(t) = &s {
+                if let Ok(peer) = t.peer_addr() {
+                    let _ = tx.lock().unwrap().send(peer);
+                }
+            }
+            let mut b = [0u8; 1];
+            if matches!(s.read(&mut b), Ok(1))
+                && s.write_all(format!("{name}\n").as_bytes()).is_ok()
+            {
+                let _ = drain(&mut s);
+            }
+        })
+    };
+    let v6 = Backend::serve(
+        AnyListener::Tcp(
+            std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0"),
+        ),
+        peer_named("V6"),
+    );
+    let v4 = Backend::serve(
+        AnyListener::Tcp(
+            std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0"),
+        ),
+        peer_named("V4"),
+    );
+    assert!(v6.spec().starts_with("[::1]:"), "{}", v6.spec());
+
+    let pen4 = Pen::start(&[], &[v6.spec()]);
+    assert_eq!(pen4.ask_from(2), "V6", "IPv4 listener, IPv6 server");
+    let peer = peers.recv_timeout(IO_TIMEOUT).expect("the server's peer");
+    assert_eq!(peer.ip(), IpAddr::from(Ipv6Addr::LOCALHOST));
+
+    let pen6 = Pen::start_on(Listen::V6, &[], &[v4.spec()]);
+    assert!(pen6.tcp().is_ipv6());
+    let mut s = pen6.connect();
+    assert_eq!(
+        ask(&mut s).expect("an answer"),
+        "V4",
+        "IPv6 listener, IPv4 server"
+    );
+    drop(s);
+    let peer = peers.recv_timeout(IO_TIMEOUT).expect("the server's peer");
+    assert_eq!(peer.ip(), IpAddr::from(Ipv4Addr::LOCALHOST));
+
+    pen4.finish();
+    pen6.finish();
 }

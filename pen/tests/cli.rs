@@ -423,3 +423,133 @@ fn udp_on_a_unix_socket_path_is_refused_before_anything_is_made() {
         assert!(!path.exists(), "{args:?} made the socket file");
     }
 }
+
+// ---- Unix socket path lengths (catalogue O5) ----------------------------------------------------
+
+/// A path of exactly `len` bytes: `dir`, a slash, and a file name padded with `fill` (a
+/// character of one or more bytes; the name ends in `p`s to reach the length exactly).
+fn path_of_len(dir: &TempDir, len: usize, fill: char) -> std::path::PathBuf {
+    let base = dir.path().to_str().expect("UTF-8 temp dir").len() + 1;
+    assert!(
+        base + 8 <= len,
+        "the temp dir {} is too long for a {len}-byte path",
+        dir.path().display()
+    );
+    let mut name = String::new();
+    while base + name.len() + fill.len_utf8() <= len {
+        name.push(fill);
+    }
+    while base + name.len() < len {
+        name.push('p');
+    }
+    let path = dir.path().join(name);
+    assert_eq!(path.as_os_str().len(), len);
+    path
+}
+
+/// Names in `dir` (to show that nothing was created there, at the path or cut short).
+fn entries(dir: &TempDir) -> Vec<String> {
+    std::fs::read_dir(dir.path())
+        .expect("read the temp dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// Catalogue O5: sun_path holds 108 bytes with the terminating NUL, so 107 bytes is the longest
+/// usable Unix socket path. pen listens at paths of 100 and 107 bytes and relays a client to a
+/// server; a server at a 107-byte path is reached as well.
+#[test]
+fn unix_socket_paths_of_100_and_107_bytes_listen_and_relay() {
+    let dir = TempDir::new("len");
+    let a = Backend::named("A");
+    for len in [100, 107] {
+        let path = path_of_len(&dir, len, 'l');
+        let pen = Pen::start_on(Listen::Unix(path.clone()), &[], &[a.spec()]);
+        let mut s = pen.connect();
+        assert_eq!(
+            ask(&mut s).expect("an answer"),
+            "A",
+            "pen listening at a {len}-byte path"
+        );
+        drop(s);
+        pen.finish();
+    }
+    let server = path_of_len(&dir, 107, 's');
+    let u = Backend::named_unix(&server, "U");
+    let pen = Pen::start(&[], &[u.spec()]);
+    assert_eq!(pen.ask_from(2), "U", "a server at a 107-byte path");
+    pen.finish();
+}
+
+/// Catalogue O5 (pen P14: C pen cut a long path short with snprintf and bound that): a Unix
+/// socket path of 108 bytes or more can never be bound or connected to, so pen refuses it at
+/// start-up, before binding anything, with exit status 1 and a message naming the path and the
+/// limit. Nothing is created, neither at the path nor at the path cut to 107 bytes (both would
+/// be in the same directory). The limit is in bytes: 108 bytes of two-byte characters count as
+/// 108. The same for a server, the emergency and abuse servers, the control socket, a config
+/// file's `listen`, and an `-o 'server N address PATH'`. The listen port is held by the test, so a pen that bound before
+/// checking would report the port as busy instead.
+#[test]
+fn unix_socket_paths_of_108_bytes_and_more_are_refused_before_binding() {
+    let dir = TempDir::new("long");
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = held.local_addr().unwrap().to_string();
+    let s = "127.0.0.1:9";
+    let paths: Vec<String> = [(108, 'p'), (200, 'p'), (108, 'é')]
+        .into_iter()
+        .map(|(len, fill)| path_of_len(&dir, len, fill).display().to_string())
+        .collect();
+    // Elsewhere, so that `dir` stays empty.
+    let config_dir = TempDir::new("cfg");
+    let config = config_dir.join("pen.cfg");
+    for path in &paths {
+        let p = path.as_str();
+        let server_with_fields = format!("{p}:0:5");
+        std::fs::write(&config, format!("listen {p}\n")).unwrap();
+        let cfg = config.to_str().unwrap();
+        let cases: Vec<Vec<&str>> = vec![
+            vec!["-f", p, s],
+            vec!["-f", &l, p],
+            vec!["-f", &l, &server_with_fields],
+            vec!["-f", "-e", p, &l, s],
+            vec!["-f", "-B", p, &l, s],
+            vec!["-f", "-C", p, &l, s],
+            vec!["-f", "-F", cfg, s],
+            vec!["--check", p, s],
+        ];
+        for argv in cases {
+            let out = run(&argv);
+            assert_eq!(out.status.code(), Some(1), "pen {argv:?}: {out:?}");
+            assert!(
+                out.stderr.starts_with("pen: ")
+                    && out.stderr.contains(&format!("'{p}'"))
+                    && out.stderr.contains("longer than 107 bytes"),
+                "pen {argv:?}: the message should name the path and the limit: {:?}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains("can't bind") && !out.stderr.contains("in use"),
+                "pen {argv:?} tried to bind before checking: {:?}",
+                out.stderr
+            );
+            assert_eq!(
+                entries(&dir),
+                Vec::<String>::new(),
+                "pen {argv:?} created something"
+            );
+        }
+        // The control command that sets a server's address says it in its own words.
+        let command = format!("server 0 address {p}");
+        let argv = ["-f", "-o", &command, &l, s];
+        let out = run(&argv);
+        assert_eq!(out.status.code(), Some(1), "pen {argv:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with("pen: -o ")
+                && out.stderr.contains(&format!("'{p}'"))
+                && out.stderr.contains("at most 107 bytes"),
+            "pen {argv:?}: {:?}",
+            out.stderr
+        );
+        assert_eq!(entries(&dir), Vec::<String>::new(), "pen {argv:?}");
+    }
+}

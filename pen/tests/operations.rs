@@ -320,10 +320,7 @@ fn sigterm_with_many_transfers_and_a_stalled_client_finishes_them_resets_it_and_
     let pid_file = dir.join("pen.pid");
     let mut pen = Pen::start(&["-p", pid_file.to_str().unwrap()], &[echo.spec()]);
     let addr = pen.tcp();
-    assert_eq!(
-        fs::read_to_string(&pid_file).unwrap().trim(),
-        pen.pid().to_string()
-    );
+    assert_eq!(read_pid_file(&pid_file), pen.pid().to_string());
 
     // Small buffers on the stalled client's side, so that little is needed to fill them.
     let tuning = Tuning {

@@ -287,3 +287,99 @@ fn log_and_no_log_commands_switch_and_stop_both_kinds() {
     drop(s);
     c.pen.finish();
 }
+
+/// Catalogue S6 (pen P10; §3.4 "Files") for the request log at start: a `-l` path planted as a
+/// symbolic link to a victim file is refused (the log is opened with O_NOFOLLOW): pen exits 1
+/// naming the file and the reason, before it writes its pid file; the victim keeps its
+/// content and the link stays as it was.
+#[test]
+fn a_log_path_planted_as_a_symlink_to_a_file_stops_pen_and_the_file_is_untouched() {
+    let dir = TempDir::new("s6log");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").expect("write the victim");
+    let log = dir.join("pen.log");
+    std::os::unix::fs::symlink(&victim, &log).expect("symlink");
+    let pid_file = dir.join("pen.pid");
+    let (log_arg, pid_arg) = (log.display().to_string(), pid_file.display().to_string());
+    let listen = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST.into()));
+    let out = run_pen(
+        &["-f", "-l", &log_arg, "-p", &pid_arg, &listen, "127.0.0.1:9"],
+        WAIT,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let want = format!("pen: -l: can't open log file {log_arg}: Too many levels of symbolic links");
+    assert!(out.stderr.contains(&want), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read the victim"),
+        "precious\n"
+    );
+    assert_eq!(std::fs::read_link(&log).expect("still a link"), victim);
+    assert!(
+        !pid_file.exists(),
+        "a pid file for a pen that refused to start"
+    );
+}
+
+/// Catalogue S6 for the request log at rotation: pen.log moved away and replaced by a symbolic
+/// link to a victim before the SIGHUP that should reopen it. pen refuses to open the link,
+/// says so in its log naming the file, keeps running and keeps logging to the file it had
+/// (so no line is lost); the victim is untouched. Once the link is removed, the next HUP
+/// creates pen.log again and logging goes on there.
+#[test]
+fn hup_after_the_log_was_replaced_by_a_symlink_keeps_the_old_file_and_spares_the_victim() {
+    let backend = Backend::echo();
+    let dir = TempDir::new("s6hup");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").expect("write the victim");
+    let (log, rotated) = (dir.join("pen.log"), dir.join("pen.log.1"));
+    let log_arg = log.display().to_string();
+    let mut pen = Pen::start(&["-l", &log_arg], &[backend.spec()]);
+
+    let mut s = pen.connect_from(61);
+    exchange(&mut s, b"GET /before HTTP/1.0\r\n\r\n");
+    drop(s);
+    wait_lines(&log, 1);
+    // The attack: the log moved away (as a rotation does) and a link planted in its place.
+    std::fs::rename(&log, &rotated).expect("mv pen.log");
+    std::os::unix::fs::symlink(&victim, &log).expect("symlink");
+    pen.signal("HUP");
+    let refusal =
+        format!("SIGHUP: can't open log file {log_arg}: Too many levels of symbolic links");
+    wait_until("pen to report the refused reopen", WAIT, || {
+        pen.stderr_text().contains(&refusal).then_some(())
+    });
+    pen.assert_alive();
+    let mut s = pen.connect_from(62);
+    exchange(&mut s, b"GET /after HTTP/1.0\r\n\r\n");
+    drop(s);
+    let lines = wait_lines(&rotated, 2);
+    assert!(lines[1].ends_with(" GET /after HTTP/1.0"), "{lines:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read the victim"),
+        "precious\n"
+    );
+    assert_eq!(std::fs::read_link(&log).expect("still a link"), victim);
+
+    // Repaired: the next HUP creates pen.log afresh.
+    std::fs::remove_file(&log).expect("rm the link");
+    pen.signal("HUP");
+    wait_until("pen.log created again", WAIT, || log.exists().then_some(()));
+    // pen creates the file a moment before its writer switches to it: a request may still go
+    // to the old file, so ask until one lands in the new one.
+    let line = wait_until("a line in the new pen.log", WAIT, || {
+        let mut s = pen.connect_from(63);
+        exchange(&mut s, b"GET /repaired HTTP/1.0\r\n\r\n");
+        drop(s);
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .next()
+            .filter(|_| text.ends_with('\n'))
+            .map(String::from)
+    });
+    assert!(line.ends_with(" GET /repaired HTTP/1.0"), "{line:?}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read the victim"),
+        "precious\n"
+    );
+    pen.finish();
+}

@@ -8,7 +8,7 @@ mod status_page;
 mod support;
 
 use std::fs;
-use std::net::{Shutdown, TcpListener};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use status_page::{structure, table_rows};
+use support::control;
 use support::service::*;
 use support::*;
 
@@ -245,6 +246,111 @@ fn j_chroots_into_the_jail_and_paths_are_inside_it() {
     assert!(!jail.join("pen.pid").exists());
 }
 
+/// Catalogue S4 (pen P9; §3.4 "Start as root"): `-u nobody -j JAIL` together, the jail an empty
+/// directory (nobody's ids are looked up before the chroot, so it needs no /etc). In /proc:
+/// every uid and gid is nobody's, no supplementary group beyond nobody's own, no capability
+/// left (effective, permitted or ambient), so with no saved uid 0 either, setuid(0) cannot
+/// succeed; the root and the working directory are the jail. The control port, which pen
+/// opens as root only with -u, works; a file-writing command allowed by `control_files /`
+/// reaches the file system and fails for lack of permission, and the jail stays empty.
+#[test]
+fn u_and_j_together_leave_no_privilege_and_no_way_out_of_the_jail() {
+    require_root("only root can chroot and change its user");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    let a = Backend::named("A");
+    let jail = TempDir::new("s4jail");
+    // Root's, and not writable by nobody: what the catalogue's /var/empty is.
+    fs::set_permissions(jail.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let control = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST.into())));
+    let control_arg = control.to_string();
+    let pen = Pen::start(
+        &[
+            "-u",
+            "nobody",
+            "-j",
+            jail.path().to_str().unwrap(),
+            "-C",
+            &control_arg,
+            "-o",
+            "control_files /",
+        ],
+        &[a.spec()],
+    );
+    let pid = pen.pid();
+    let all = |id: u32| format!("{id}\t{id}\t{id}\t{id}");
+    assert_eq!(
+        status_field(pid, "Uid"),
+        all(uid),
+        "real, effective, saved, fs"
+    );
+    assert_eq!(
+        status_field(pid, "Gid"),
+        all(gid),
+        "real, effective, saved, fs"
+    );
+    // The catalogue asks for an empty list; pen sets it to the user's own group (see
+    // u_drops_to_the_user_s_uid_and_gid_and_only_its_group), which grants nothing the Gid line
+    // does not. What must be gone is every group root had.
+    let groups = status_field(pid, "Groups");
+    assert!(
+        groups.split_whitespace().all(|g| g == gid.to_string()),
+        "supplementary groups other than nobody's: {groups:?}"
+    );
+    for caps in ["CapEff", "CapPrm", "CapAmb"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    let root = fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(root, jail.path(), "/proc/PID/root");
+    assert_eq!(cwd, jail.path(), "/proc/PID/cwd: the jail's own root");
+    assert_eq!(pen.ask_from(2), "A", "still serving");
+
+    // The control port is open under these conditions, and answers.
+    wait_until("the control port", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(control).ok()
+    });
+    assert_eq!(control::ctl(control, "blacklist"), "30\n");
+    // File-writing commands, inside `control_files` so that the file system is what refuses.
+    let tag = std::process::id();
+    let (cfg, log) = (format!("/pen-s4-{tag}.cfg"), format!("/pen-s4-{tag}.log"));
+    assert_eq!(
+        control::ctl(control, &format!("write {cfg}")),
+        format!("write: cannot write {cfg}\n")
+    );
+    let reply = control::ctl(control, &format!("log {log}"));
+    assert!(
+        reply.starts_with(&format!(
+            "log: can't open log file {log}: Permission denied"
+        )),
+        "{reply}"
+    );
+    wait_until(
+        "the write failure in pen's log",
+        Duration::from_secs(5),
+        || {
+            pen.stderr_text()
+                .contains(&format!("{cfg}: Permission denied"))
+                .then_some(())
+        },
+    );
+    let left: Vec<_> = fs::read_dir(jail.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "files created in the jail: {left:?}");
+    for escaped in [&cfg, &log] {
+        assert!(
+            !Path::new(escaped).exists(),
+            "{escaped} written outside the jail"
+        );
+    }
+    assert_eq!(control::ctl(control, "log"), "", "no request log was set");
+    pen.finish();
+}
+
 // ---- signals ------------------------------------------------------------------------------------
 
 #[test]
@@ -254,10 +360,7 @@ fn term_and_int_stop_pen_with_status_0_and_remove_the_pid_file() {
         let dir = TempDir::new("stop");
         let pid_file = dir.join("pen.pid");
         let mut pen = Pen::start(&["-p", pid_file.to_str().unwrap()], &[a.spec()]);
-        assert_eq!(
-            fs::read_to_string(&pid_file).unwrap(),
-            pen.pid().to_string()
-        );
+        assert_eq!(read_pid_file(&pid_file), pen.pid().to_string());
         // An open connection is let finish within the grace period.
         let (name, mut held) = pen.hold_from(3);
         assert_eq!(name, "A");
@@ -414,6 +517,161 @@ fn the_page_replaces_a_symlink_instead_of_writing_through_it() {
     assert!(meta.file_type().is_file());
     assert_eq!(meta.permissions().mode() & 0o002, 0, "not world-writable");
     pen.finish();
+}
+
+/// The entries of a directory, by name, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Catalogue S5 (pen P10; §3.4 "Files"): under umask 000 every file pen creates has its own
+/// fixed mode, not the umask's: the pid file and the status page 0644, the request log 0640
+/// (when first opened and when HUP creates it again after a rotation), the control socket
+/// 0600; none group- or world-writable, all owned by pen's user. Nothing is created but the
+/// configured paths: no temporary file left beside them, nothing in pen's working directory.
+#[test]
+fn under_umask_000_each_file_gets_its_fixed_mode_and_nothing_else_is_created() {
+    let a = Backend::named("A");
+    let dir = TempDir::new("s5");
+    let (cwd, files) = (dir.join("cwd"), dir.join("files"));
+    fs::create_dir(&cwd).unwrap();
+    fs::create_dir(&files).unwrap();
+    let path = |name: &str| files.join(name).display().to_string();
+    let (pid_file, page, log, sock) = (
+        path("pen.pid"),
+        path("status.html"),
+        path("pen.log"),
+        path("pen.ctl"),
+    );
+    let wrapper = format!("umask 000; cd '{}' && exec \"$0\" \"$@\"", cwd.display());
+    let user = control::user_args();
+    let pen = Pen::spawn(Listen::V4, &["sh", "-c", &wrapper], |l| {
+        let mut v: Vec<String> = ["-f", "-p", &pid_file, "-w", &page, "-l", &log, "-C", &sock]
+            .map(String::from)
+            .to_vec();
+        v.extend(user.iter().cloned());
+        v.push(l.to_string());
+        v.push(a.spec());
+        v
+    });
+    let umask = status_field(pen.pid(), "Umask");
+    assert_eq!(umask, "0000", "the wrapper's umask reached pen");
+    // One request, so that a log line is written; one USR1, so that the page is.
+    assert_eq!(pen.ask_from(2), "A");
+    wait_until("a line in the request log", Duration::from_secs(10), || {
+        fs::read_to_string(&log).ok().filter(|t| t.ends_with('\n'))
+    });
+    refresh(&pen, Path::new(&page));
+    wait_until("the control socket", Duration::from_secs(5), || {
+        Path::new(&sock).exists().then_some(())
+    });
+    // A rotation: HUP creates the log again, under the same umask.
+    fs::rename(&log, path("pen.log.1")).unwrap();
+    pen.signal("HUP");
+    wait_until("the log reopened", Duration::from_secs(10), || {
+        Path::new(&log).exists().then_some(())
+    });
+
+    let euid = nix::unistd::geteuid().as_raw();
+    for (file, want) in [
+        (&pid_file, 0o644),
+        (&page, 0o644),
+        (&path("pen.log.1"), 0o640),
+        (&log, 0o640),
+        (&sock, 0o600),
+    ] {
+        let meta = fs::symlink_metadata(file).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        assert_eq!(mode, want, "{file}: mode {mode:o}, want {want:o}");
+        assert_eq!(meta.uid(), euid, "{file}: owner");
+    }
+    assert_eq!(
+        entries(&files),
+        ["pen.ctl", "pen.log", "pen.log.1", "pen.pid", "status.html"],
+        "only the configured paths (and the rotated log)"
+    );
+    for name in entries(&files) {
+        let mode = fs::symlink_metadata(files.join(&name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o022,
+            0,
+            "{name}: group- or world-writable ({mode:o})"
+        );
+    }
+    assert!(
+        entries(&cwd).is_empty(),
+        "created in pen's working directory: {:?}",
+        entries(&cwd)
+    );
+    pen.finish();
+}
+
+/// Catalogue S6 (pen P10; §3.4 "Files") for the pid file: a `-p` path planted as a symbolic
+/// link, to a victim file or to a name that does not exist yet, is replaced by a regular file
+/// (pen writes a new file and renames it over the link); the victim is untouched and no file
+/// appears at the dangling link's target. A pid file replaced by a link while pen runs is left
+/// alone at exit (it no longer holds pen's pid), and so is its target.
+#[test]
+fn a_pid_file_path_planted_as_a_symlink_is_replaced_never_written_through() {
+    let a = Backend::named("A");
+    let dir = TempDir::new("s6pid");
+    let victim = dir.join("victim");
+    fs::write(&victim, "precious").unwrap();
+    let missing = dir.join("created-through-the-link");
+    for target in [&victim, &missing] {
+        let pid_file = dir.join("pen.pid");
+        symlink(target, &pid_file).unwrap();
+        let pen = Pen::start(&["-p", pid_file.to_str().unwrap()], &[a.spec()]);
+        // pen writes the pid file a moment after it starts listening: wait until the link is
+        // gone, or until something was written through it.
+        poll_until(Duration::from_secs(5), || {
+            let replaced = fs::symlink_metadata(&pid_file).is_ok_and(|m| m.is_file());
+            let through = missing.exists() || fs::read(&victim).unwrap() != b"precious";
+            (replaced || through).then_some(())
+        });
+        let meta = fs::symlink_metadata(&pid_file).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "link to {}: not replaced by a regular file",
+            target.display()
+        );
+        assert_eq!(meta.permissions().mode() & 0o022, 0, "writable by others");
+        assert_eq!(
+            fs::read_to_string(&pid_file).unwrap(),
+            pen.pid().to_string()
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!missing.exists(), "a file created through a dangling link");
+        pen.finish();
+        assert!(!pid_file.exists(), "pid file removed at exit");
+    }
+
+    // Swapped for a link while pen runs: at exit pen reads "precious", not its pid, and
+    // leaves both the link and the victim as they are.
+    let pid_file = dir.join("pen.pid");
+    let pen = Pen::start(&["-p", pid_file.to_str().unwrap()], &[a.spec()]);
+    assert_eq!(read_pid_file(&pid_file), pen.pid().to_string());
+    fs::remove_file(&pid_file).unwrap();
+    symlink(&victim, &pid_file).unwrap();
+    pen.finish();
+    assert!(fs::symlink_metadata(&pid_file)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(
+        entries(dir.path()),
+        ["pen.pid", "victim"],
+        "no temporary file left"
+    );
 }
 
 /// Transcript 07's scenario: two servers, one finished connection from .9 and one open from

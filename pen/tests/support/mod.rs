@@ -115,6 +115,13 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// What pen wrote to its pid file at `path`. pen writes it just after it starts listening,
+/// which is all `Pen::start` waits for, so wait (bounded) for it to appear (it is written whole,
+/// by a rename, so once there it is complete).
+pub fn read_pid_file(path: &Path) -> String {
+    wait_until("the pid file", IO_TIMEOUT, || fs::read_to_string(path).ok())
+}
+
 /// Write `data` in pseudo-random chunk sizes (1 byte to 64 KiB, from `seed`), so that the
 /// relay sees reads and writes of every size.
 pub fn write_in_chunks(s: &mut impl Write, data: &[u8], seed: u64) -> io::Result<()> {
