@@ -233,9 +233,9 @@ pub fn enter_jail(dir: &Path) -> Result<(), DaemonError> {
     nix::unistd::chdir("/").map_err(fail)
 }
 
-/// Become `who`: supplementary groups reduced to its group, then the group, then the user
-/// (in that order: once the uid is dropped, the groups can no longer be changed). Checks
-/// afterwards that root cannot be regained.
+/// Become `who`: no supplementary groups (its own group is its primary one), then the group,
+/// then the user (in that order: once the uid is dropped, the groups can no longer be changed).
+/// Checks afterwards that root cannot be regained.
 pub fn drop_privileges(who: &Identity) -> Result<(), DaemonError> {
     let fail = |step: &'static str| {
         move |source| DaemonError::Privileges {
@@ -244,7 +244,7 @@ pub fn drop_privileges(who: &Identity) -> Result<(), DaemonError> {
             source,
         }
     };
-    nix::unistd::setgroups(&[who.gid]).map_err(fail("set the supplementary groups"))?;
+    nix::unistd::setgroups(&[]).map_err(fail("drop the supplementary groups"))?;
     nix::unistd::setgid(who.gid).map_err(fail("set the group id"))?;
     nix::unistd::setuid(who.uid).map_err(fail("set the user id"))?;
     if !who.uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
