@@ -1,6 +1,7 @@
 //! penlog and penlogd, ours beside Debian's C ones (pen 0.34.1): the same datagrams, the same
 //! merged lines, and every pairing of pen, penlog and penlogd talking to each other. Then what
-//! only ours does: IPv6, malformed datagrams counted and dropped, rotation, the pid file.
+//! only ours does: IPv6, malformed datagrams counted and dropped, datagram sizes around the
+//! limit, rotation, the pid file.
 //!
 //! Where C's result is known from the transcripts, it is checked first: a failure there means
 //! the C tools on this machine are not the ones the reference describes.
@@ -605,9 +606,9 @@ fn penlogd_runs_as_its_user_in_its_jail() {
         (
             "65534 65534 65534 65534".to_string(),
             "65534 65534 65534 65534".to_string(),
-            "65534".to_string()
+            String::new()
         ),
-        "uid, gid, groups"
+        "uid, gid, no supplementary groups"
     );
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/root")).expect("root link"),
@@ -667,4 +668,117 @@ fn penlogd_in_the_background_keeps_writing_to_its_standard_output() {
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     });
     assert_eq!(lines, ["192.0.2.8 - - [t] \"GET /o HTTP/1.0\" 200 1"]);
+}
+
+/// `head`, filled with `fill` and ended with `tail` to exactly `len` bytes.
+fn exactly(len: usize, head: &str, fill: u8, tail: &str) -> Vec<u8> {
+    let pad = len
+        .checked_sub(head.len() + tail.len())
+        .unwrap_or_else(|| panic!("{head:?} and {tail:?} are longer than {len}"));
+    let d = [head.as_bytes(), &vec![fill; pad], tail.as_bytes()].concat();
+    assert_eq!(d.len(), len);
+    d
+}
+
+/// Datagrams of exactly 0, 1023, 1024, 1025 and 65507 bytes (the largest UDP payload over
+/// IPv4), as pen records, as web lines and as garbage: up to 1024 bytes, newline included, each
+/// is handled as its kind (records stored, web lines written with their client, garbage
+/// without quotes dropped as such, the empty one dropped as empty); from 1025 bytes on, each is
+/// dropped and counted as longer than 1024 bytes, whole: neither a record nor a line cut to
+/// 1024 bytes is used or written. penlogd stays up and handles a good record and line after
+/// them, and its counters say exactly that (reliability catalogue B12: pen 0.34.1's penlogd
+/// wrote past its buffer on a 1024-byte datagram).
+#[test]
+fn penlogd_datagram_sizes_at_and_around_its_limit() {
+    let dir = Scratch::new("sizes");
+    let out = dir.arg("out");
+    let mut daemon = Daemon::start(&our_bin("penlogd"), &["-f", "-l", &out]);
+    let to = daemon.addr();
+    const SIZES: [usize; 4] = [1023, 1024, 1025, 65507];
+    // The request for size n: its first 100 bytes (what the ring keeps and matches) name n.
+    let request = |n: usize| format!("GET /size{n:05}?");
+    // Records from 192.0.2.1-4, each request padded to make the datagram n bytes.
+    for (k, n) in SIZES.iter().enumerate() {
+        let head = format!("+ 192.0.2.{} 127.0.0.1 {}", k + 1, request(*n));
+        send_from(lo(1), to, &exactly(*n, &head, b'q', " HTTP/1.0\n"));
+    }
+    let web_head = |n: usize| {
+        format!(
+            "127.0.0.1 - - [22/Nov/2026:08:00:00 +0000] \"{}",
+            request(n)
+        )
+    };
+    let web_tail = " HTTP/1.0\" 200 1\n";
+    // Web lines of each size, for the records above.
+    let web: Vec<Vec<u8>> = SIZES
+        .iter()
+        .map(|&n| exactly(n, &web_head(n), b'q', web_tail))
+        .collect();
+    for d in &web {
+        send_from(lo(1), to, d);
+    }
+    // Short web lines asking for the records of 1025 and 65507 bytes: had either been cut to
+    // 1024 bytes and stored, these would get its client.
+    let short: Vec<Vec<u8>> = [1025, 65507]
+        .iter()
+        .map(|&n| exactly(300, &web_head(n), b'q', web_tail))
+        .collect();
+    for d in &short {
+        send_from(lo(1), to, d);
+    }
+    // Garbage: nothing, and lines without quotes.
+    send_from(lo(1), to, b"");
+    for n in SIZES {
+        send_from(lo(1), to, &exactly(n, "garbage ", b'g', "\n"));
+    }
+    // And after all that, a good record and its line.
+    send_from(lo(1), to, b"+ 203.0.113.5 127.0.0.1 GET /after HTTP/1.0\n");
+    send_from(
+        lo(1),
+        to,
+        b"127.0.0.1 - - [22/Nov/2026:08:00:01 +0000] \"GET /after HTTP/1.0\" 200 1\n",
+    );
+
+    let text = |d: &[u8]| String::from_utf8_lossy(d).trim_end().to_string();
+    let with_client = |d: &[u8], client: &str| text(d).replacen("127.0.0.1 ", client, 1);
+    let want = [
+        with_client(&web[0], "192.0.2.1 "),
+        with_client(&web[1], "192.0.2.2 "),
+        text(&short[0]),
+        text(&short[1]),
+        "203.0.113.5 - - [22/Nov/2026:08:00:01 +0000] \"GET /after HTTP/1.0\" 200 1".to_string(),
+    ];
+    let lines = lines_of(&dir.join("out"), want.len());
+    assert_eq!(lines.len(), want.len(), "lines written");
+    for (i, (got, want)) in lines.iter().zip(&want).enumerate() {
+        assert!(
+            got == want,
+            "line {i}: {} bytes, want {}: {got:.120} / {want:.120}",
+            got.len(),
+            want.len()
+        );
+    }
+    assert!(
+        daemon.try_wait().is_none(),
+        "penlogd died: {}",
+        daemon.stderr_text()
+    );
+    daemon.signal("USR1");
+    let summary = wait_for("the USR1 summary", WAIT, || {
+        let err = daemon.stderr_text();
+        err.lines()
+            .find(|l| l.contains("datagrams:"))
+            .map(String::from)
+    });
+    assert!(
+        summary.ends_with(
+            "17 datagrams: 3 pen records, 5 web lines (3 with their client, 2 unchanged), \
+             9 dropped (1 empty, 6 longer than 1024 bytes, 2 a web line without a quoted request)"
+        ),
+        "{summary}"
+    );
+    assert_eq!(daemon.stop().and_then(|s| s.code()), Some(0));
+    // Nothing more was written at exit.
+    let text = std::fs::read_to_string(dir.join("out")).expect("out");
+    assert_eq!(text.lines().count(), want.len());
 }
