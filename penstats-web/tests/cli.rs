@@ -1,5 +1,6 @@
 //! The binary: help, version, command-line errors with exit status 1, a listening address in
-//! use, the address line, and SIGTERM ending the service even while a browser follows /events.
+//! use, the address line, SIGTERM ending the service even while a browser follows /events, and
+//! paths that try to climb out of the fixed routes, sent as raw bytes.
 
 mod support;
 
@@ -105,4 +106,88 @@ fn sigterm_ends_the_service_even_with_a_browser_watching() {
     std::io::Read::read_to_end(&mut reader, &mut rest).expect("EOF");
     let rest = String::from_utf8_lossy(&rest);
     assert!(rest.ends_with("\r\n0\r\n\r\n"), "{rest:?}");
+}
+
+/// Send `request` as it is on a new connection and read the reply until the service closes it,
+/// each read bounded by `LIMIT`: the status code (None without a status line) and the reply.
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (Option<u16>, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, LIMIT).expect("connect to penstats-web");
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_write_timeout(Some(LIMIT)).unwrap();
+    stream.write_all(request).expect("send the request");
+    let mut reply = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut stream, &mut reply) {
+        // A reset after the reply (the service closing on unread bytes) still leaves the reply.
+        assert!(
+            !reply.is_empty(),
+            "{:?}: no reply: {e}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok());
+    (status, reply)
+}
+
+/// Path traversal sent as raw bytes to the running service: dot segments plain, percent-encoded
+/// and with encoded slashes, a double slash, an absolute-form URI, a NUL byte, a raw space and
+/// backslashes in the path. Every one is answered 404 by the router (only its fixed paths
+/// exist) or 400 by the HTTP parser, never with a file's contents; and the service goes on
+/// answering its real routes (reliability catalogue S9).
+#[test]
+fn path_traversal_over_a_raw_socket_gets_only_404_or_400() {
+    let mut service = Service::start(&[
+        "--pen",
+        "/nonexistent/pen.ctl",
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "0.2",
+    ]);
+    let headers = "Host: localhost\r\nConnection: close\r\n\r\n";
+    let cases: Vec<(Vec<u8>, u16)> = [
+        ("GET /../../etc/passwd HTTP/1.1", 404),
+        ("GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1", 404),
+        ("GET //etc/passwd HTTP/1.1", 404),
+        ("GET /..%2f..%2fetc/passwd HTTP/1.1", 404),
+        ("GET /dashboard.js/../../../../etc/passwd HTTP/1.1", 404),
+        ("GET http://127.0.0.1/../../etc/passwd HTTP/1.1", 404),
+        ("GET /..\\..\\etc\\passwd HTTP/1.1", 404),
+        ("GET /etc/\0passwd HTTP/1.1", 400),
+        ("GET /etc/ passwd HTTP/1.1", 400),
+    ]
+    .iter()
+    .map(|(line, want)| (format!("{line}\r\n{headers}").into_bytes(), *want))
+    .collect();
+    for (request, want) in &cases {
+        let what = String::from_utf8_lossy(request);
+        let (status, reply) = raw(service.addr, request);
+        assert!(!reply.contains("root:"), "{what:?}: {reply}");
+        assert!(
+            matches!(status, Some(400 | 404)),
+            "{what:?}: not 400 or 404: {reply}"
+        );
+        assert_eq!(status, Some(*want), "{what:?}: {reply}");
+        if *want == 404 {
+            assert!(
+                reply.ends_with("\r\n\r\npenstats-web: no such page\n"),
+                "{what:?}: {reply}"
+            );
+        }
+    }
+    // The real routes still answer.
+    for (path, want) in [
+        ("/", 200),
+        ("/dashboard.js", 200),
+        ("/metrics", 200),
+        ("/api/status", 503),
+    ] {
+        let (status, _, _) = get(service.addr, path);
+        assert_eq!(status, want, "GET {path}");
+    }
+    let out = service.stop();
+    assert_eq!(out.code(), Some(0), "{out:?}");
 }

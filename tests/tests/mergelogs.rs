@@ -1,12 +1,13 @@
 //! mergelogs on generated Apache logs whose right merge is known, under several TZ settings
-//! (daylight saving time included), beside Debian's C mergelogs (pen 0.34.1).
+//! (daylight saving time included), beside Debian's C mergelogs (pen 0.34.1); and the same logs
+//! with malformed lines mixed in.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use pen_crosstests::logtools::{c_bin, our_bin, run, Run, Scratch};
-use pen_crosstests::weblogs::{generate, Fixture, Zone};
+use pen_crosstests::weblogs::{generate, stamp, Fixture, Zone};
 
 /// 2024-10-27 00:00:00 UTC: central Europe leaves summer time an hour later.
 const AUTUMN_2024: i64 = 1_729_987_200;
@@ -291,4 +292,218 @@ fn usage_and_errors_as_c_mergelogs() {
         let said = format!("{}{}", our_out.stdout_text(), our_out.stderr);
         assert!(said.contains(want), "mergelogs {args:?}: {said}");
     }
+}
+
+/// mergelogs -d's counts: lines written, those with a client from pen's log, lines rejected.
+fn written_counts(stderr: &str) -> (usize, usize, usize) {
+    let line = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("mergelogs: "))
+        .find(|l| l.contains(" lines written, "))
+        .unwrap_or_else(|| panic!("no -d summary in: {stderr}"));
+    let n: Vec<usize> = line
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n[..] {
+        [written, matched, rejected] => (written, matched, rejected),
+        _ => panic!("not a -d summary: {line}"),
+    }
+}
+
+/// `text`'s lines with `extra` inserted after the first `after` of them.
+fn insert_after(text: &str, after: usize, extra: &[String]) -> String {
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines.splice(after..after, extra.iter().cloned());
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// Malformed web log lines (a time stamp of 150 characters before its first `/`, no brackets,
+/// no quotes, two 10,000-character lines, an unknown month) are skipped and reported by file,
+/// line and reason (or written to the `-r` file, and counted by `-d`), mergelogs exits 0, and
+/// every other line merges exactly as it does without them. A well-formed line out of time
+/// order is not an error: it is written after the line before it in its log, with its own time;
+/// malformed and out-of-order pen log lines change nothing either (reliability catalogue B13:
+/// pen 0.34.1's mergelogs `sscanf`ed the time stamp into `char dd[100]`).
+#[test]
+fn malformed_lines_are_skipped_and_reported_and_change_nothing_else() {
+    let fixture = three_servers(AUTUMN_2024, 300);
+    let dir = Scratch::new("malformed");
+    let logs = write_fixture(&dir, &fixture);
+    let access1 = dir.arg("access1.log");
+    let clean = mergelogs(&our_bin("mergelogs"), &dir, &["-d"], &logs, "UTC");
+    assert_eq!(clean.code(), Some(0), "{}", clean.stderr);
+    assert_eq!(clean.stdout_text(), fixture.merged);
+    let clean_lines: Vec<String> = clean.stdout_text().lines().map(String::from).collect();
+
+    // In the log of 10.0.0.2 (a +0100/+0200 clock), after its third line; each bad line, with
+    // the reason mergelogs gives. The fixture's own garbage lines start at line 41.
+    let huge_stamp = {
+        let head = "10.0.0.2 - - [";
+        let tail = "] \"GET /bad/huge-stamp HTTP/1.1\" 200 1";
+        format!(
+            "{head}{}{tail}",
+            "9".repeat(10_000 - head.len() - tail.len())
+        )
+    };
+    let bad: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "10.0.0.2 - - [{}/Oct/2024:01:00:00 +0100] \"GET /bad/long-day HTTP/1.1\" 200 1",
+                "1".repeat(150)
+            ),
+            "bad time stamp: expected dd/Mon/yyyy:HH:MM:SS",
+        ),
+        (
+            "10.0.0.2 - - 27/Oct/2024:01:00:00 +0100 \"GET /bad/no-brackets HTTP/1.1\" 200 1"
+                .to_string(),
+            "no [time] field",
+        ),
+        (
+            "10.0.0.2 - - [27/Oct/2024:01:00:00 +0100] GET /bad/no-quotes HTTP/1.1 200 1"
+                .to_string(),
+            "no quoted request",
+        ),
+        (huge_stamp, "bad time stamp: expected dd/Mon/yyyy:HH:MM:SS"),
+        ("x".repeat(10_000), "no host field"),
+        (
+            "10.0.0.2 - - [27/Okt/2024:01:00:00 +0100] \"GET /bad/month HTTP/1.1\" 200 1"
+                .to_string(),
+            "bad time stamp: month",
+        ),
+    ];
+    assert_eq!((bad[3].0.len(), bad[4].0.len()), (10_000, 10_000));
+    // A day before every other line (the server's clock at +0200); no pen record asks for it.
+    let late_time = AUTUMN_2024 - 86_400;
+    let late = format!(
+        "10.0.0.2 - - [{}] \"GET /late/out-of-order HTTP/1.1\" 200 1",
+        stamp(late_time, 7200)
+    );
+    let mut inserted: Vec<String> = bad.iter().map(|(l, _)| l.clone()).collect();
+    inserted.push(late);
+    std::fs::write(
+        dir.join("access1.log"),
+        insert_after(&fixture.servers[1].log, 3, &inserted),
+    )
+    .expect("rewrite access1.log");
+    // pen's log: three lines that are not pen log lines after its fifth, and a record a day
+    // out of order for a request no web line has.
+    let pen_bad = [
+        "garbage".to_string(),
+        "y".repeat(10_000),
+        "192.0.2.9 not-a-time 10.0.0.1 GET /s0/item/0 HTTP/1.1".to_string(),
+        format!("192.0.2.10 {late_time} 10.0.0.1 GET /pen/out-of-order HTTP/1.1"),
+    ];
+    std::fs::write(
+        dir.join("pen.log"),
+        insert_after(&fixture.pen_log, 5, &pen_bad),
+    )
+    .expect("rewrite pen.log");
+
+    // The line before the late one in its log; the late line follows it, with its UTC time.
+    let before_late = fixture.servers[1]
+        .log
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split('"').nth(1))
+        .expect("a third line with a request")
+        .to_string();
+    let at = clean_lines
+        .iter()
+        .position(|l| l.contains(&format!("\"{before_late}\"")))
+        .expect("the line before the late one, merged");
+    let mut want = clean_lines.clone();
+    want.insert(
+        at + 1,
+        format!(
+            "10.0.0.2 - - [{}] \"GET /late/out-of-order HTTP/1.1\" 200 1",
+            stamp(late_time, 0)
+        ),
+    );
+    let want: String = want.iter().map(|l| format!("{l}\n")).collect();
+    let pen_log = dir.arg("pen.log");
+    let pen_skipped = format!(
+        "mergelogs: {pen_log}: 3 lines are not pen log lines; skipped (the first is line 6)"
+    );
+    let garbage_in = |log: usize| {
+        fixture.servers[log]
+            .log
+            .lines()
+            .filter(|l| l.starts_with("garbage line"))
+            .count()
+    };
+
+    // Reported on stderr: the first ten of each log by file, line and reason, then a count.
+    let out = mergelogs(&our_bin("mergelogs"), &dir, &[], &logs, "UTC");
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    if out.stdout_text() != want {
+        let got = out.stdout_text();
+        let diff = got
+            .lines()
+            .zip(want.lines())
+            .enumerate()
+            .find(|(_, (a, b))| a != b);
+        panic!(
+            "{} lines, want {}; first difference: {diff:?}",
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+    for (i, (line, why)) in bad.iter().enumerate() {
+        let report = format!("mergelogs: {access1}:{}: {why}: {line}\n", i + 4);
+        assert!(
+            out.stderr.contains(&report),
+            "{report:.200}\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains("out-of-order"),
+        "a well-formed line was reported: {}",
+        out.stderr
+    );
+    let count = format!(
+        "mergelogs: {access1}: {} lines could not be read (the first 10 shown above)",
+        bad.len() + garbage_in(1)
+    );
+    assert!(out.stderr.contains(&count), "{count}\n{}", out.stderr);
+    assert!(out.stderr.contains(&pen_skipped), "{}", out.stderr);
+
+    // With -r: the same lines, whole, in the rejects file; -d counts them.
+    let rejects = dir.arg("rejects");
+    let out = mergelogs(
+        &our_bin("mergelogs"),
+        &dir,
+        &["-d", "-r", &rejects],
+        &logs,
+        "UTC",
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout_text(), want);
+    let text = std::fs::read_to_string(&rejects).expect("rejects file");
+    assert_eq!(text.lines().count(), fixture.garbage + bad.len());
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("garbage line"))
+        .collect();
+    let bad_lines: Vec<&str> = bad.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(ours, bad_lines);
+    let (clean_counts, counts) = (written_counts(&clean.stderr), written_counts(&out.stderr));
+    assert_eq!(
+        (clean_counts.0, clean_counts.2),
+        (clean_lines.len(), fixture.garbage)
+    );
+    assert_eq!(
+        counts,
+        (
+            clean_counts.0 + 1,
+            clean_counts.1,
+            fixture.garbage + bad.len()
+        ),
+        "lines written, with a client, rejected"
+    );
+    assert!(out.stderr.contains(&pen_skipped), "{}", out.stderr);
 }
