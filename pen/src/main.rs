@@ -14,8 +14,9 @@ fn main() -> ExitCode {
             }
             pen::logging::init(options.debug);
             return match pen::run::check(&options) {
-                Ok(summary) => {
-                    println!("{summary}");
+                Ok(checked) => {
+                    eprint!("{}", checked.replies);
+                    println!("{}", checked.summary);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

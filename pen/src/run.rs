@@ -380,7 +380,8 @@ struct Configured {
     /// `-U`: the address the UDP plane listens on (an IP listen address is checked for here).
     udp: Option<SocketAddr>,
     tls: Option<Arc<Tls>>,
-    /// What the `-F` file's commands answered (pen prints it on stdout as it starts).
+    /// What the `-o` commands and the `-F` file's commands answered (pen prints it on stdout as it
+    /// starts).
     replies: String,
 }
 
@@ -388,12 +389,11 @@ struct Configured {
 /// database and the TLS certificate and key. Binds nothing and writes nothing.
 fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Configured> {
     let mut host = host_view(options, conn_max.get());
-    let (mut balancer, mut startup_actions) = build_balancer(options, &mut host)?;
-    let mut replies = String::new();
+    let (mut balancer, mut startup_actions, mut replies) = build_balancer(options, &mut host)?;
     if let Some(path) = &options.config_file {
         let (actions, text) = load_config_file(path, &mut balancer, &mut host)?;
         startup_actions.extend(actions);
-        replies = text;
+        replies.push_str(&text);
     }
     // TLS settings from -o and -F shape the configuration built below; the other actions run
     // once the control plane is up.
@@ -442,7 +442,7 @@ fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Config
 /// `-F` file and what it includes, the user of `-u`, the GeoIP database, the TLS certificate
 /// and key), then stop. Nothing is bound, forked, written or chrooted; no pid file is made.
 /// Returns a one-line summary for stdout; an error names what is wrong.
-pub fn check(options: &Options) -> anyhow::Result<String> {
+pub fn check(options: &Options) -> anyhow::Result<Checked> {
     if let Some(user) = options.user.as_deref() {
         daemon::lookup_user(user)?;
     }
@@ -455,7 +455,7 @@ pub fn check(options: &Options) -> anyhow::Result<String> {
     let configured = configure(options, conn_max)?;
     let servers = configured.balancer.servers().len();
     let mode = if options.udp { "UDP" } else { "TCP" };
-    Ok(format!(
+    let summary = format!(
         "pen: configuration is valid: {mode} on {}, {servers} server{}{}",
         configured.listen,
         if servers == 1 { "" } else { "s" },
@@ -464,7 +464,20 @@ pub fn check(options: &Options) -> anyhow::Result<String> {
         } else {
             ""
         },
-    ))
+    );
+    Ok(Checked {
+        summary,
+        replies: configured.replies,
+    })
+}
+
+/// What `--check` found in a valid configuration.
+pub struct Checked {
+    /// One line for stdout.
+    pub summary: String,
+    /// What the `-o` commands and the `-F` file answered, as a start prints it on stdout
+    /// (`do_cmd: ignoring command ...` for an unknown one): `--check` prints it on stderr.
+    pub replies: String,
 }
 
 fn bind_control(options: &Options) -> anyhow::Result<Option<BoundListener>> {
@@ -596,12 +609,13 @@ fn data_threads() -> usize {
 }
 
 /// The balancer as the command line describes it: settings, `-o` commands, then the servers.
-/// Also returns what the `-o` commands asked of the shell.
+/// Also returns what the `-o` commands asked of the shell, and what they answered.
 fn build_balancer(
     options: &Options,
     host: &mut HostView,
-) -> anyhow::Result<(Balancer, Vec<control::Action>)> {
+) -> anyhow::Result<(Balancer, Vec<control::Action>, String)> {
     let mut actions = Vec::new();
+    let mut replies = String::new();
     let mut balancer = Balancer::new(options.settings.clone(), options.clients_max);
     // `-g`: the country database for `country` access-list entries, read whole at start-up.
     if let Some(path) = &options.geoip {
@@ -625,7 +639,7 @@ fn build_balancer(
     for cmd in &options.commands {
         let outcome = control::execute(cmd, &mut balancer, host, &ctx)
             .map_err(|e| anyhow::anyhow!("-o: {e}"))?;
-        print!("{}", outcome.reply);
+        replies.push_str(&outcome.reply);
         actions.extend(outcome.action);
     }
     for (i, spec) in options.servers.iter().enumerate() {
@@ -633,5 +647,5 @@ fn build_balancer(
     }
     balancer.set_emergency(options.emergency.as_ref());
     balancer.set_abuse(options.abuse.as_ref());
-    Ok((balancer, actions))
+    Ok((balancer, actions, replies))
 }

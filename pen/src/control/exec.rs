@@ -419,7 +419,10 @@ pub fn execute_setting(cmd: &Command, s: &mut Settings) -> Option<String> {
         }
         Command::Peek(false) => String::new(),
         Command::NotAvailable(what) => format!("{what}: not available in this version of pen\n"),
-        Command::Unknown(word) => format!("do_cmd: ignoring command starting with '{word}'\n"),
+        Command::Unknown(word) => format!(
+            "do_cmd: ignoring command starting with '{}'\n",
+            super::excerpt(word)
+        ),
         Command::Ignored(what) => format!("do_cmd: ignoring {what}\n"),
         _ => return None,
     };

@@ -81,7 +81,18 @@ fn read_into(
         return Err(file_error(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     let bytes = std::fs::read(&canonical).map_err(|e| file_error(e.to_string()))?;
-    let text = String::from_utf8(bytes).map_err(|_| file_error("not UTF-8 text".into()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        // Name the line of the first byte that is not UTF-8, as every other error does.
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        ControlError::InFile {
+            file: name.clone(),
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            error: Box::new(ControlError::Refused {
+                command: "config file",
+                reason: "not UTF-8 text".into(),
+            }),
+        }
+    })?;
     stack.push(canonical);
     for (i, text) in text.lines().enumerate() {
         let at = |error: ControlError| ControlError::InFile {
@@ -446,6 +457,23 @@ mod tests {
         assert_eq!(read(&a).unwrap().len(), 2);
         let e = read(&d.join("missing.cfg")).unwrap_err().to_string();
         assert!(e.contains("missing.cfg"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Bytes that are not UTF-8 are refused with the line they are on, like any other error.
+    #[test]
+    fn text_that_is_not_utf8_is_refused_naming_its_line() {
+        let d = dir();
+        let f = d.join("latin1.cfg");
+        std::fs::write(
+            &f,
+            b"blacklist 1
+
+# caf\xe9\ntracking 5\n",
+        )
+        .unwrap();
+        let e = read(&f).unwrap_err().to_string();
+        assert_eq!(e, format!("{}:3: config file: not UTF-8 text", f.display()));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -270,6 +270,24 @@ pub enum Action {
     },
 }
 
+/// The longest text from a command that an error or a reply quotes whole.
+pub const QUOTE_MAX: usize = 256;
+
+/// Text from a command as an error or a reply quotes it: whole up to `QUOTE_MAX` bytes, else
+/// its start (cut at a character boundary) and its length. A config-file line may be a MiB
+/// long: a message that long is useless on a terminal and lost on syslog. The control port's
+/// lines are at most 4096 bytes, and pen 0.34.1's were never longer, so only such text is cut.
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= QUOTE_MAX {
+        return text.to_string();
+    }
+    let mut end = QUOTE_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
 /// Why a command was refused. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {

@@ -213,7 +213,7 @@ fn need<'a>(
 fn bad(command: &'static str, value: &str, expected: &'static str) -> ControlError {
     ControlError::BadValue {
         command,
-        value: value.to_string(),
+        value: super::excerpt(value),
         expected,
     }
 }
@@ -248,7 +248,7 @@ fn acl_id(command: &'static str, value: &str) -> Result<AclId, ControlError> {
 fn resolve(command: &'static str, host: &str) -> Result<IpAddr, ControlError> {
     addr::resolve(host).map_err(|_| ControlError::BadAddress {
         command,
-        value: host.to_string(),
+        value: super::excerpt(host),
     })
 }
 
@@ -372,7 +372,7 @@ fn parse_server(args: &[&str]) -> Result<Command, ControlError> {
                 "prio" => ServerChange::Prio(number(value)?),
                 "blacklist" => ServerChange::Blacklist(secs("server", value)?),
                 "acl" => ServerChange::Acl(acl_id("server", value)?),
-                other => return Err(ControlError::UnknownKey(other.to_string())),
+                other => return Err(ControlError::UnknownKey(super::excerpt(other))),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -382,6 +382,26 @@ fn parse_server(args: &[&str]) -> Result<Command, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::QUOTE_MAX;
+
+    /// A long value is quoted by its start and its length; a short one whole, as pen quotes it.
+    #[test]
+    fn errors_quote_at_most_an_excerpt_of_a_long_value() {
+        let short = parse("blacklist x7").unwrap_err().to_string();
+        assert_eq!(short, "blacklist: 'x7' is not a number of seconds");
+        let long = format!("blacklist {}", "9".repeat(1 << 20));
+        let error = parse(&long).unwrap_err().to_string();
+        let quoted = format!("'{}... ({} bytes)'", "9".repeat(QUOTE_MAX), 1 << 20);
+        assert_eq!(
+            error,
+            format!("blacklist: {quoted} is not a number of seconds")
+        );
+        // Cut at a character boundary: never half of a multi-byte character.
+        let wide = format!("server 0 frob{} 1", "é".repeat(300));
+        let error = parse(&wide).unwrap_err().to_string();
+        assert!(error.contains("... (604 bytes)"), "{error}");
+        assert!(error.len() < QUOTE_MAX + 200, "{}", error.len());
+    }
 
     #[test]
     fn parses_pen_forms() {

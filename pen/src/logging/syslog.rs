@@ -81,7 +81,12 @@ impl Syslog {
     }
 }
 
-/// `<PRI>Mmm dd hh:mm:ss ident[pid]: message`, without a trailing newline.
+/// The longest message sent whole (rsyslog's default limit is 8 KiB). A longer one is cut, and
+/// says so: the socket would refuse a datagram much longer, and the message would be lost.
+pub const MAX_MESSAGE: usize = 8000;
+
+/// `<PRI>Mmm dd hh:mm:ss ident[pid]: message`, without a trailing newline; a message longer
+/// than `MAX_MESSAGE` bytes is cut (at a character boundary) and ends in `... (N bytes)`.
 pub fn format_line(
     severity: Severity,
     ident: &str,
@@ -90,9 +95,18 @@ pub fn format_line(
     message: &str,
 ) -> String {
     let pri = FACILITY_USER * 8 + severity as u8;
+    let message = message.trim_end_matches('\n');
+    if message.len() <= MAX_MESSAGE {
+        return format!("<{pri}>{stamp} {ident}[{pid}]: {message}");
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
     format!(
-        "<{pri}>{stamp} {ident}[{pid}]: {}",
-        message.trim_end_matches('\n')
+        "<{pri}>{stamp} {ident}[{pid}]: {}... ({} bytes)",
+        &message[..end],
+        message.len()
     )
 }
 
@@ -110,6 +124,10 @@ mod tests {
             format_line(Severity::Err, "penlogd", 7, "Jan 10 00:00:00", "a\nb\n\n"),
             "<11>Jan 10 00:00:00 penlogd[7]: a\nb"
         );
+        let long = "x".repeat(1 << 20);
+        let line = format_line(Severity::Warning, "pen", 1, "Jan 10 00:00:00", &long);
+        let kept = format!("<12>Jan 10 00:00:00 pen[1]: {}", "x".repeat(MAX_MESSAGE));
+        assert_eq!(line, format!("{kept}... (1048576 bytes)"));
         assert_eq!(Severity::from_level(Level::TRACE), Severity::Debug);
         assert_eq!(Severity::from_level(Level::WARN), Severity::Warning);
     }
