@@ -517,23 +517,42 @@ fn stubborn_never_fails_over_nor_uses_the_emergency_server() {
     pen.finish();
 }
 
+/// Catalogue F2: a server that never answers the SYN (a full accept queue drops it) costs the
+/// client `-t` and no more. With `-t 1` the client is answered by the next server after at least
+/// 0.9 s (the blackhole was tried first) and at most 2.5 s (`-t` plus 1.5 s of slack for a busy
+/// CI machine). The blackholed server, and only it, is then blacklisted (`-b`, 30 s by
+/// default), and the next clients skip it.
 #[test]
 fn connect_timeout_fails_over_from_a_blackhole() {
     let a = Backend::named("A");
     let hole = Blackhole::new();
     let b = Backend::named("B");
-    let pen = Pen::start(&["-r", "-t", "1"], &[a.spec(), hole.spec(), b.spec()]);
+    let c = Controlled::start(&["-r", "-t", "1"], &[a.spec(), hole.spec(), b.spec()]);
     let started = Instant::now();
-    assert_eq!(pen.ask_from(2), "B", "server 1 hangs: failover to 2");
+    assert_eq!(c.pen.ask_from(2), "B", "server 1 hangs: failover to 2");
+    let failed_over = started.elapsed();
+    eprintln!("failover from the blackhole with -t 1 took {failed_over:?}");
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "answered after {:?}: the blackhole was not tried first",
-        started.elapsed()
+        failed_over >= Duration::from_millis(900),
+        "answered after {failed_over:?}: the blackhole was not tried first"
+    );
+    assert!(
+        failed_over < Duration::from_millis(2500),
+        "answered after {failed_over:?}: the failover waited well past -t 1; stderr:\n{}",
+        c.pen.stderr_text()
+    );
+    let snap = c.snapshot();
+    let blacklisted: Vec<bool> = snap.servers.iter().map(|s| s.blacklisted).collect();
+    assert_eq!(
+        blacklisted,
+        [false, true, false],
+        "only the blackholed server 1 is blacklisted: {:?}",
+        snap.servers
     );
     // Cursor still 1: 2, 0, then 1 is blacklisted (-b 30) and skipped.
-    let got: Vec<String> = (0..3).map(|_| pen.ask_from(2)).collect();
+    let got: Vec<String> = (0..3).map(|_| c.pen.ask_from(2)).collect();
     assert_eq!(got, ["B", "A", "B"]);
-    pen.finish();
+    c.pen.finish();
 }
 
 /// Catalogue F3: `-t` bounds the connect to the server, not the connection after it. A client

@@ -115,6 +115,27 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// The TCP sockets process `pid` holds open in CLOSE_WAIT (state 08 in /proc/PID/net/tcp and
+/// tcp6: the peer has closed, the process has not), as "local remote" in the table's hex.
+pub fn close_wait_sockets(pid: u32) -> Vec<String> {
+    let mine = socket_inodes(pid);
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let inode: u64 = f.get(9)?.parse().ok()?;
+                    (f[3] == "08" && mine.contains(&inode)).then(|| format!("{} {}", f[1], f[2]))
+                })
+                .collect::<Vec<String>>()
+        })
+        .collect()
+}
+
 /// What pen wrote to its pid file at `path`. pen writes it just after it starts listening,
 /// which is all `Pen::start` waits for, so wait (bounded) for it to appear (it is written whole,
 /// by a rename, so once there it is complete).
