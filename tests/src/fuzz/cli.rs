@@ -349,8 +349,11 @@ fn setup(config: &Path) -> (Balancer, HostView) {
 /// The text of line `n` (from 1) of `file`, as `read` splits it.
 fn source_line(cache: &mut Lines, file: &str, n: usize) -> Option<String> {
     let lines = cache.entry(file.to_string()).or_insert_with(|| {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        text.lines().map(str::to_string).collect()
+        let bytes = std::fs::read(file).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
     });
     n.checked_sub(1).and_then(|i| lines.get(i)).cloned()
 }
@@ -367,6 +370,18 @@ fn check_read_error(cache: &mut Lines, top: &Path, e: &ControlError) {
         }
         ControlError::InFile { file, line, error } => {
             assert_eq!(file, &top.display().to_string(), "{e}");
+            if matches!(&**error, ControlError::Refused { reason, .. } if reason == "not UTF-8 text")
+            {
+                // The named line holds the first byte that is not UTF-8.
+                let bytes = std::fs::read(file).unwrap_or_default();
+                let invalid = std::str::from_utf8(&bytes)
+                    .err()
+                    .unwrap_or_else(|| panic!("{e}: {file} is UTF-8"));
+                let valid = &bytes[..invalid.valid_up_to()];
+                let want = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+                assert_eq!(*line, want, "{e}");
+                return;
+            }
             let text = source_line(cache, file, *line)
                 .unwrap_or_else(|| panic!("{e}: there is no line {line} in {file}"));
             if text.contains('\0') {
