@@ -238,9 +238,8 @@ fn without_tcp_nodelay_a_transfer_is_byte_exact_and_counted_the_same() {
 
 /// Catalogue O3 after F5: the server takes a 200 KiB upload, sends 1 MiB of a download, and
 /// resets. The client has the whole 1 MiB before the reset (the server waits for its word) and
-/// then sees the reset (pen(1): "reset the other side too, after the bytes that came before
-/// the failure"). The counters show exactly the bytes delivered each way: the reset neither
-/// adds nor loses any.
+/// then sees the reset (pen(1): a cut transfer "never looks complete to the other end"). The
+/// counters show exactly the bytes delivered each way: the reset neither adds nor loses any.
 #[test]
 fn after_a_server_reset_the_counters_equal_the_bytes_delivered() {
     const CLIENT: u8 = 33;

@@ -20,6 +20,23 @@ fn lo(n: u8) -> SocketAddr {
     from_ip([127, 0, 0, n])
 }
 
+/// The counts penlogd logs on USR1, once it has logged them; it must still be running.
+fn usr1_summary(daemon: &mut Daemon) -> String {
+    assert!(
+        daemon.try_wait().is_none(),
+        "penlogd died: {}",
+        daemon.stderr_text()
+    );
+    daemon.signal("USR1");
+    wait_for("the USR1 summary", WAIT, || {
+        daemon
+            .stderr_text()
+            .lines()
+            .find(|l| l.contains("datagrams:"))
+            .map(String::from)
+    })
+}
+
 /// The lines of a file once it has `n` (bounded wait).
 fn lines_of(path: &Path, n: usize) -> Vec<String> {
     wait_for(&format!("{n} lines in {}", path.display()), WAIT, || {
@@ -350,18 +367,7 @@ fn penlogd_counts_and_drops_malformed_datagrams_and_survives_them() {
             "203.0.113.9 - - [22/Nov/2026:08:00:01 +0000] \"GET /v6 HTTP/1.0\" 200 1",
         ]
     );
-    assert!(
-        daemon.try_wait().is_none(),
-        "penlogd died: {}",
-        daemon.stderr_text()
-    );
-    daemon.signal("USR1");
-    let summary = wait_for("the USR1 summary", WAIT, || {
-        let err = daemon.stderr_text();
-        err.lines()
-            .find(|l| l.contains("datagrams:"))
-            .map(String::from)
-    });
+    let summary = usr1_summary(&mut daemon);
     assert!(
         summary.contains(&format!("{} dropped", malformed.len())),
         "{summary}"
@@ -758,18 +764,7 @@ fn penlogd_datagram_sizes_at_and_around_its_limit() {
             want.len()
         );
     }
-    assert!(
-        daemon.try_wait().is_none(),
-        "penlogd died: {}",
-        daemon.stderr_text()
-    );
-    daemon.signal("USR1");
-    let summary = wait_for("the USR1 summary", WAIT, || {
-        let err = daemon.stderr_text();
-        err.lines()
-            .find(|l| l.contains("datagrams:"))
-            .map(String::from)
-    });
+    let summary = usr1_summary(&mut daemon);
     assert!(
         summary.ends_with(
             "17 datagrams: 3 pen records, 5 web lines (3 with their client, 2 unchanged), \
