@@ -441,7 +441,7 @@ fn configure(options: &Options, conn_max: NonZeroUsize) -> anyhow::Result<Config
 /// `--check`: read and check the whole configuration as a start would (the command line, the
 /// `-F` file and what it includes, the user of `-u`, the GeoIP database, the TLS certificate
 /// and key), then stop. Nothing is bound, forked, written or chrooted; no pid file is made.
-/// Returns a one-line summary for stdout; an error names what is wrong.
+/// Returns a one-line summary and what the commands answered; an error names what is wrong.
 pub fn check(options: &Options) -> anyhow::Result<Checked> {
     if let Some(user) = options.user.as_deref() {
         daemon::lookup_user(user)?;

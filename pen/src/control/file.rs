@@ -465,13 +465,7 @@ mod tests {
     fn text_that_is_not_utf8_is_refused_naming_its_line() {
         let d = dir();
         let f = d.join("latin1.cfg");
-        std::fs::write(
-            &f,
-            b"blacklist 1
-
-# caf\xe9\ntracking 5\n",
-        )
-        .unwrap();
+        std::fs::write(&f, b"blacklist 1\n\n# caf\xe9\ntracking 5\n").unwrap();
         let e = read(&f).unwrap_err().to_string();
         assert_eq!(e, format!("{}:3: config file: not UTF-8 text", f.display()));
         std::fs::remove_dir_all(&d).unwrap();
