@@ -757,23 +757,14 @@ fn a_control_client_that_never_reads_is_dropped_at_the_write_deadline() {
 /// what is left, then its FIN), but no longer as pen's.
 fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> bool {
     let hex = |a: SocketAddr| match a {
-        SocketAddr::V4(a) => format!(
-            "{:08X}:{:04X}",
-            u32::from_le_bytes(a.ip().octets()),
-            a.port()
-        ),
+        SocketAddr::V4(a) => proc_tcp_addr(a),
         SocketAddr::V6(_) => panic!("holds_connection: IPv4 only"),
     };
     let (local, remote) = (hex(local), hex(remote));
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
     let mine = socket_inodes(pid);
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 9
-            && f[1] == local
-            && f[2] == remote
-            && f[9].parse().is_ok_and(|inode: u64| mine.contains(&inode))
-    })
+    tcp_rows(pid)
+        .iter()
+        .any(|r| r.local == local && r.remote == remote && mine.contains(&r.inode))
 }
 
 // ---- B7: bad config files through the binary --------------------------------------------------

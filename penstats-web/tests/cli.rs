@@ -69,16 +69,21 @@ fn a_listening_address_in_use_is_an_error() {
     );
 }
 
-#[test]
-fn sigterm_ends_the_service_even_with_a_browser_watching() {
-    let mut service = Service::start(&[
+/// The service on a free loopback port, refreshing every 0.2 s, with no pen behind it.
+fn service_without_pen() -> Service {
+    Service::start(&[
         "--pen",
         "/nonexistent/pen.ctl",
         "--listen",
         "127.0.0.1:0",
         "--interval",
         "0.2",
-    ]);
+    ])
+}
+
+#[test]
+fn sigterm_ends_the_service_even_with_a_browser_watching() {
+    let mut service = service_without_pen();
     let (status, _, body) = get(service.addr, "/");
     assert_eq!(status, 200);
     assert!(body.contains("pen at <span class=\"pen-address\">/nonexistent/pen.ctl</span>"));
@@ -139,14 +144,7 @@ fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (Option<u16>, String) {
 /// answering its real routes (reliability catalogue S9).
 #[test]
 fn path_traversal_over_a_raw_socket_gets_only_404_or_400() {
-    let mut service = Service::start(&[
-        "--pen",
-        "/nonexistent/pen.ctl",
-        "--listen",
-        "127.0.0.1:0",
-        "--interval",
-        "0.2",
-    ]);
+    let mut service = service_without_pen();
     let headers = "Host: localhost\r\nConnection: close\r\n\r\n";
     let cases: Vec<(Vec<u8>, u16)> = [
         ("GET /../../etc/passwd HTTP/1.1", 404),

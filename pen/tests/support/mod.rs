@@ -115,24 +115,57 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// The TCP sockets process `pid` holds open in CLOSE_WAIT (state 08 in /proc/PID/net/tcp and
-/// tcp6: the peer has closed, the process has not), as "local remote" in the table's hex.
-pub fn close_wait_sockets(pid: u32) -> Vec<String> {
-    let mine = socket_inodes(pid);
+/// One row of /proc/PID/net/tcp or tcp6, as the kernel writes it: addresses in its hex form
+/// (`0100007F:1F90` for 127.0.0.1:8080), the state in hex (`0A` listening, `08` CLOSE_WAIT).
+#[derive(Debug, Clone)]
+pub struct TcpRow {
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    pub inode: u64,
+}
+
+/// The TCP sockets (IPv4 and IPv6 tables) of the network namespace of process `pid`, so that a
+/// pen started in another namespace is seen too.
+pub fn tcp_rows(pid: u32) -> Vec<TcpRow> {
     ["tcp", "tcp6"]
         .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
         .flat_map(|table| {
             table
                 .lines()
                 .skip(1)
                 .filter_map(|line| {
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    let inode: u64 = f.get(9)?.parse().ok()?;
-                    (f[3] == "08" && mine.contains(&inode)).then(|| format!("{} {}", f[1], f[2]))
+                    Some(TcpRow {
+                        local: f.get(1)?.to_string(),
+                        remote: f.get(2)?.to_string(),
+                        state: f.get(3)?.to_string(),
+                        inode: f.get(9)?.parse().ok()?,
+                    })
                 })
-                .collect::<Vec<String>>()
+                .collect::<Vec<_>>()
         })
+        .collect()
+}
+
+/// The kernel's hex form of an IPv4 socket address in /proc/net/tcp.
+pub fn proc_tcp_addr(a: std::net::SocketAddrV4) -> String {
+    format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(a.ip().octets()),
+        a.port()
+    )
+}
+
+/// The TCP sockets process `pid` holds open in CLOSE_WAIT (the peer has closed, the process
+/// has not), as "local remote" in the table's hex.
+pub fn close_wait_sockets(pid: u32) -> Vec<String> {
+    let mine = socket_inodes(pid);
+    tcp_rows(pid)
+        .into_iter()
+        .filter(|r| r.state == "08" && mine.contains(&r.inode))
+        .map(|r| format!("{} {}", r.local, r.remote))
         .collect()
 }
 
@@ -512,21 +545,10 @@ pub const SIGTERM: u32 = 15;
 /// pen started in another namespace is seen too).
 fn tcp_listen_inodes(pid: u32, port: u16) -> Vec<u64> {
     let want = format!(":{port:04X}");
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|p| fs::read_to_string(format!("/proc/{pid}/net/{p}")).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    (f.len() > 9 && f[1].ends_with(&want) && f[3] == "0A")
-                        .then(|| f[9].parse().ok())
-                        .flatten()
-                })
-                .collect::<Vec<u64>>()
-        })
+    tcp_rows(pid)
+        .into_iter()
+        .filter(|r| r.local.ends_with(&want) && r.state == "0A")
+        .map(|r| r.inode)
         .collect()
 }
 
