@@ -264,6 +264,7 @@ impl Admin {
             }
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
+            Action::BusyPoll(window) => self.shared.busy_poll.set(window),
             Action::Idlers(n) => {
                 self.idlers.send_replace(n);
             }

@@ -1,6 +1,6 @@
 //! What the data planes (the TCP engine, UDP, direct server return) share with each other and
-//! with the main thread: the one lock around the balancer, the `-x` limits, rate-limited
-//! messages, and how logs name clients, servers and failures.
+//! with the main thread: the one lock around the balancer, the `-x` limits, `busy_poll`,
+//! rate-limited messages, and how logs name clients, servers and failures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -19,6 +19,8 @@ use crate::reqlog::RequestLog;
 pub struct Shared {
     balancer: Mutex<Balancer>,
     pub reqlog: RequestLog,
+    /// Read by the data-plane loops on every turn, so kept out of the lock.
+    pub busy_poll: BusyPoll,
 }
 
 impl Shared {
@@ -26,6 +28,7 @@ impl Shared {
         Arc::new(Shared {
             balancer: Mutex::new(balancer),
             reqlog: RequestLog::new(),
+            busy_poll: BusyPoll::default(),
         })
     }
 
@@ -37,6 +40,57 @@ impl Shared {
         // A panic while holding the lock leaves a consistent-enough balancer (every mutation is
         // a few field updates); keep serving rather than poisoning the whole daemon.
         self.balancer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `busy_poll`: how long a data-plane loop goes on polling for events, rather than sleeping,
+/// after it last found some. Zero (the default) is off: a loop sleeps as soon as it has
+/// nothing to do.
+///
+/// Why: a loop that sleeps must be woken, and the wake-up is paid for by whoever makes it
+/// ready: the kernel, on the core of the client or server that sent the bytes. In a virtual
+/// machine that wakes an idle core with an interrupt that exits to the hypervisor, this
+/// costs the sender's core microseconds per wake-up. A balancer with a core to itself can
+/// spend its idle time polling instead (HAProxy's `busy-polling`), so its clients' and
+/// servers' cores do more work.
+#[derive(Debug, Default)]
+pub struct BusyPoll {
+    micros: AtomicU64,
+}
+
+impl BusyPoll {
+    /// The longest window `busy_poll` takes.
+    pub const MAX: Duration = Duration::from_millis(1);
+
+    pub fn set(&self, window: Duration) {
+        let micros = window.min(Self::MAX).as_micros() as u64;
+        self.micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+}
+
+/// One loop's side of `busy_poll`: when it last found events.
+#[derive(Debug, Default)]
+pub struct Spin {
+    last_found: Option<Instant>,
+}
+
+impl Spin {
+    /// A poll at `now` found `events` events.
+    pub fn found(&mut self, events: usize, now: Instant) {
+        if events > 0 {
+            self.last_found = Some(now);
+        }
+    }
+
+    /// Whether the loop should poll again at once rather than sleep: it found events less
+    /// than `window` before `now`.
+    pub fn polling(&self, window: Duration, now: Instant) -> bool {
+        self.last_found
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 }
 
@@ -151,5 +205,36 @@ mod tests {
         assert!(!limit.allow(t0 + Duration::from_secs(1)));
         assert!(limit.allow(t0 + EXHAUSTION_LOG_INTERVAL));
         assert!(!limit.allow(t0 + EXHAUSTION_LOG_INTERVAL + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_loop_polls_only_within_the_window_after_it_last_found_events() {
+        let us = Duration::from_micros;
+        let t0 = Instant::now();
+        let mut spin = Spin::default();
+        // Never found anything: it sleeps, whatever the window.
+        assert!(!spin.polling(us(1000), t0));
+        spin.found(3, t0);
+        assert!(spin.polling(us(8), t0 + us(7)));
+        assert!(!spin.polling(us(8), t0 + us(8)));
+        // Off: never polls.
+        assert!(!spin.polling(Duration::ZERO, t0));
+        // An empty poll does not extend the window; a poll that finds events does.
+        spin.found(0, t0 + us(5));
+        assert!(!spin.polling(us(8), t0 + us(9)));
+        spin.found(1, t0 + us(5));
+        assert!(spin.polling(us(8), t0 + us(9)));
+        // A clock that went backwards (it cannot, but) keeps polling rather than panicking.
+        assert!(spin.polling(us(8), t0));
+    }
+
+    #[test]
+    fn the_busy_poll_window_is_capped_at_its_maximum() {
+        let b = BusyPoll::default();
+        assert_eq!(b.window(), Duration::ZERO);
+        b.set(Duration::from_micros(8));
+        assert_eq!(b.window(), Duration::from_micros(8));
+        b.set(Duration::from_secs(5));
+        assert_eq!(b.window(), BusyPoll::MAX);
     }
 }

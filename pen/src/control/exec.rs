@@ -43,6 +43,8 @@ pub struct HostView {
     pub tarpit_acl: Option<AclId>,
     /// `idlers N`: idle upstream connections to keep open.
     pub idlers: usize,
+    /// `busy_poll`: how long the data-plane loops poll before they sleep (0: they do not).
+    pub busy_poll: Duration,
 }
 
 impl HostView {
@@ -64,6 +66,7 @@ impl HostView {
             dsr_ip: None,
             tarpit_acl: None,
             idlers: 0,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -189,6 +192,16 @@ pub fn execute(
         Command::NoLog => {
             host.log = None;
             act(String::new(), Action::NoLog)
+        }
+        Command::BusyPoll(v) => {
+            let reply = |d: Duration| format!("{}\n", d.as_micros());
+            match v {
+                Some(d) => {
+                    host.busy_poll = *d;
+                    act(reply(*d), Action::BusyPoll(*d))
+                }
+                None => reply(host.busy_poll).into(),
+            }
         }
         Command::Idlers(v) => {
             // pen replies with the numbers before the change.

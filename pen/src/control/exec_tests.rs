@@ -8,7 +8,7 @@ use super::*;
 use crate::addr::ListenAddr;
 use crate::balancer::{AclId, Balancer};
 use crate::control::parse;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 fn ctx() -> Context {
     Context {
@@ -163,4 +163,38 @@ fn status_and_snapshot_outside_the_control_port_are_refused_and_say_why() {
             "{e}"
         );
     }
+}
+
+/// `busy_poll` (not in pen 0.34.1): microseconds, 0 to 1000, replied as set; a bad value is
+/// refused naming the command, the value and the range, and changes nothing.
+#[test]
+fn busy_poll_takes_microseconds_and_refuses_what_is_out_of_range() {
+    let mut b = balancer();
+    let mut h = host();
+    let mut exec = |line: &str| {
+        parse(line)
+            .and_then(|c| execute(&c, &mut b, &mut h, &ctx()))
+            .map(|o| (o.reply, o.action))
+    };
+    assert_eq!(exec("busy_poll").unwrap(), ("0\n".to_string(), None));
+    assert_eq!(
+        exec("busy_poll 8").unwrap(),
+        (
+            "8\n".to_string(),
+            Some(Action::BusyPoll(Duration::from_micros(8)))
+        )
+    );
+    assert_eq!(exec("busy_poll").unwrap(), ("8\n".to_string(), None));
+    for bad in ["1001", "-1", "8us", "0x10", "99999999999999999999"] {
+        let e = exec(&format!("busy_poll {bad}")).unwrap_err().to_string();
+        assert!(
+            e.contains("busy_poll") && e.contains(bad) && e.contains("from 0 to 1000"),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(exec("busy_poll").unwrap(), ("8\n".to_string(), None));
+    assert_eq!(
+        exec("busy_poll 0").unwrap(),
+        ("0\n".to_string(), Some(Action::BusyPoll(Duration::ZERO)))
+    );
 }

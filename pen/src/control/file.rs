@@ -184,7 +184,8 @@ pub fn apply(
 /// The running configuration in pen's `write` format, loadable with `-F` or `include`. Unlike
 /// pen 0.34.1 it always records weights and prios, skips blank server slots (which could not
 /// be loaded back), keeps the port of a network log, and adds the settings pen forgot
-/// (`idle_timeout`, `keepalive`, `transparent`, `dummy`, `source`) after pen's own lines.
+/// (`idle_timeout`, `keepalive`, `transparent`, `dummy`, `source`) after pen's own lines, and
+/// this pen's own settings (`http_xff`, `busy_poll`, `client_conn_max`, `geoip`) last.
 pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> String {
     let s = &b.settings;
     let mut out = String::new();
@@ -260,6 +261,10 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
         None => out.push_str("no source\n"),
     }
     let _ = writeln!(out, "http_xff {}", s.xff.word());
+    if !host.busy_poll.is_zero() {
+        // Only when set: pen 0.34.1 does not know the command.
+        let _ = writeln!(out, "busy_poll {}", host.busy_poll.as_micros());
+    }
     if s.client_conn_max > 0 {
         // Only when set: pen 0.34.1 does not know the command.
         let _ = writeln!(out, "client_conn_max {}", s.client_conn_max);
@@ -322,6 +327,7 @@ mod tests {
             "weight",
             "blacklist 7",
             "log 127.0.0.1:9999",
+            "busy_poll 8",
         ];
         let src = d.join("in.cfg");
         std::fs::write(&src, lines.join("\n")).unwrap();
@@ -347,6 +353,7 @@ mod tests {
             "blank slots are skipped: {text}"
         );
         assert!(text.contains("log 127.0.0.1:9999\n"));
+        assert!(text.contains("busy_poll 8\n"), "{text}");
         std::fs::write(&out, &text).unwrap();
 
         let (mut b2, mut h2) = setup();

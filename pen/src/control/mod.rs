@@ -158,6 +158,8 @@ pub enum Command {
     },
     NoAcl(AclId),
     Blacklist(Option<Duration>),
+    /// `busy_poll [MICROSECONDS]` (new): how long the data-plane loops poll before they sleep.
+    BusyPoll(Option<Duration>),
     ClientAcl(Option<AclId>),
     /// `client_conn_max [N]`: open connections allowed per client address (0: no limit).
     ClientConnMax(Option<usize>),
@@ -248,6 +250,8 @@ pub enum Action {
     /// Close the listener and listen here instead.
     Listen(ListenAddr),
     ConnMax(usize),
+    /// Poll this long after the last events before sleeping (`busy_poll`).
+    BusyPoll(Duration),
     Debug(u8),
     /// Keep this many idle upstream connections open.
     Idlers(usize),

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::addr;
 use crate::balancer::{AclEntry, AclId, ConnId, FastClose, XffMode};
+use crate::shared::BusyPoll;
 
 /// Commands of pen 0.34.1 whose feature this version does not have.
 const LATER: &[&str] = &[];
@@ -35,6 +36,7 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
     let cmd = match first {
         "acl" => parse_acl(args)?,
         "blacklist" => Command::Blacklist(arg.map(|a| secs("blacklist", a)).transpose()?),
+        "busy_poll" => Command::BusyPoll(arg.map(busy_poll).transpose()?),
         "client_acl" => Command::ClientAcl(arg.map(|a| acl_id("client_acl", a)).transpose()?),
         "client_conn_max" => Command::ClientConnMax(
             arg.map(|a| count("client_conn_max", a, 0, MAX_CONNS))
@@ -223,6 +225,18 @@ fn secs(command: &'static str, value: &str) -> Result<Duration, ControlError> {
         .parse::<u32>()
         .map(|s| Duration::from_secs(s.into()))
         .map_err(|_| bad(command, value, "a number of seconds"))
+}
+
+fn busy_poll(value: &str) -> Result<Duration, ControlError> {
+    let max = BusyPoll::MAX.as_micros() as u64;
+    match value.parse::<u64>() {
+        Ok(us) if us <= max => Ok(Duration::from_micros(us)),
+        _ => Err(bad(
+            "busy_poll",
+            value,
+            "a number of microseconds from 0 to 1000",
+        )),
+    }
 }
 
 fn count(

@@ -46,7 +46,7 @@ use tracing::{debug, error, warn};
 use crate::balancer::{Admission, ConnOptions, Peer};
 use crate::net::{self, BoundListener};
 use crate::run::Phase;
-use crate::shared::{self, Limits, Shared};
+use crate::shared::{self, Limits, Shared, Spin};
 use crate::tls::Tls;
 
 use client::Client;
@@ -176,8 +176,12 @@ impl Engine {
     fn serve(mut self) {
         let mut events = vec![EpollEvent::empty(); EVENTS];
         let mut now = Instant::now();
+        let mut spin = Spin::default();
         loop {
-            let busy = !self.again.is_empty() || (self.listener_ready && self.may_accept(now));
+            let window = self.setup.shared.busy_poll.window();
+            let busy = !self.again.is_empty()
+                || (self.listener_ready && self.may_accept(now))
+                || (!window.is_zero() && spin.polling(window, Instant::now()));
             let wait = if busy {
                 Duration::ZERO
             } else {
@@ -201,6 +205,7 @@ impl Engine {
                 }
             };
             now = Instant::now();
+            spin.found(n, now);
             let mut mail = false;
             for event in &events[..n] {
                 match event.data() {

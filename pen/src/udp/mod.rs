@@ -50,7 +50,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tracing::{debug, info, warn};
 
 use crate::balancer::{ConnCounters, Target};
-use crate::shared::{RateLimit, Shared};
+use crate::shared::{RateLimit, Shared, Spin};
 use session::Session;
 use socket::{Batch, Downstream, LocalDst, Outbox, BATCH};
 use spares::Spares;
@@ -224,9 +224,16 @@ impl Plane {
         // `batch`: their system-call headers hold pointers, so they stay on this thread.)
         let mut outbox = Outbox::new();
         let mut next_sweep = Instant::now();
+        let mut spin = Spin::default();
         loop {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
-            let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::MAX);
+            let before = Instant::now();
+            let window = self.shared.busy_poll.window();
+            let timeout = if spin.polling(window, before) {
+                EpollTimeout::ZERO
+            } else {
+                let wait = next_sweep.saturating_duration_since(before);
+                EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::MAX)
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
@@ -237,6 +244,7 @@ impl Plane {
                 }
             };
             let now = Instant::now();
+            spin.found(n, now);
             for event in &events[..n] {
                 match event.data() {
                     STOP => {
