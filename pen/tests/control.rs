@@ -762,7 +762,7 @@ fn holds_connection(pid: u32, local: SocketAddr, remote: SocketAddr) -> bool {
     };
     let (local, remote) = (hex(local), hex(remote));
     let mine = socket_inodes(pid);
-    tcp_rows(pid)
+    socket_rows(pid, "tcp")
         .iter()
         .any(|r| r.local == local && r.remote == remote && mine.contains(&r.inode))
 }

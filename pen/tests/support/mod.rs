@@ -115,20 +115,21 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// One row of /proc/PID/net/tcp or tcp6, as the kernel writes it: addresses in its hex form
-/// (`0100007F:1F90` for 127.0.0.1:8080), the state in hex (`0A` listening, `08` CLOSE_WAIT).
+/// One row of /proc/PID/net/{tcp,tcp6,udp,udp6}, as the kernel writes it: addresses in its hex
+/// form (`0100007F:1F90` for 127.0.0.1:8080), the state in hex (TCP: `0A` listening, `08`
+/// CLOSE_WAIT).
 #[derive(Debug, Clone)]
-pub struct TcpRow {
+pub struct SocketRow {
     pub local: String,
     pub remote: String,
     pub state: String,
     pub inode: u64,
 }
 
-/// The TCP sockets (IPv4 and IPv6 tables) of the network namespace of process `pid`, so that a
-/// pen started in another namespace is seen too.
-pub fn tcp_rows(pid: u32) -> Vec<TcpRow> {
-    ["tcp", "tcp6"]
+/// The sockets of protocol `proto` (`tcp` or `udp`; the IPv4 and IPv6 tables) of the network
+/// namespace of process `pid`, so that a pen started in another namespace is seen too.
+pub fn socket_rows(pid: u32, proto: &str) -> Vec<SocketRow> {
+    [proto.to_string(), format!("{proto}6")]
         .iter()
         .filter_map(|t| fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
         .flat_map(|table| {
@@ -137,7 +138,7 @@ pub fn tcp_rows(pid: u32) -> Vec<TcpRow> {
                 .skip(1)
                 .filter_map(|line| {
                     let f: Vec<&str> = line.split_whitespace().collect();
-                    Some(TcpRow {
+                    Some(SocketRow {
                         local: f.get(1)?.to_string(),
                         remote: f.get(2)?.to_string(),
                         state: f.get(3)?.to_string(),
@@ -162,7 +163,7 @@ pub fn proc_tcp_addr(a: std::net::SocketAddrV4) -> String {
 /// has not), as "local remote" in the table's hex.
 pub fn close_wait_sockets(pid: u32) -> Vec<String> {
     let mine = socket_inodes(pid);
-    tcp_rows(pid)
+    socket_rows(pid, "tcp")
         .into_iter()
         .filter(|r| r.state == "08" && mine.contains(&r.inode))
         .map(|r| format!("{} {}", r.local, r.remote))
@@ -545,7 +546,7 @@ pub const SIGTERM: u32 = 15;
 /// pen started in another namespace is seen too).
 fn tcp_listen_inodes(pid: u32, port: u16) -> Vec<u64> {
     let want = format!(":{port:04X}");
-    tcp_rows(pid)
+    socket_rows(pid, "tcp")
         .into_iter()
         .filter(|r| r.local.ends_with(&want) && r.state == "0A")
         .map(|r| r.inode)

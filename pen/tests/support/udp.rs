@@ -2,7 +2,6 @@
 //! UDP backends in threads, and clients bound to chosen sources.
 
 use std::collections::HashSet;
-use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use super::{catches_signal, poll_until, socket_inodes, Pen, PenAddr, TempDir, SIGINT, SIGTERM};
+use super::{
+    catches_signal, poll_until, socket_inodes, socket_rows, Pen, PenAddr, TempDir, SIGINT, SIGTERM,
+};
 
 /// How long a client waits for a reply before calling it lost.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,27 +46,6 @@ pub fn free_udp_port(ip: IpAddr) -> u16 {
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .expect("bind udp port 0")
-}
-
-/// Inodes of UDP sockets bound to `port` (IPv4 and IPv6 tables).
-fn udp_inodes(port: u16) -> Vec<u64> {
-    let want = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    (f.len() > 9 && f[1].ends_with(&want))
-                        .then(|| f[9].parse().ok())
-                        .flatten()
-                })
-                .collect::<Vec<u64>>()
-        })
-        .collect()
 }
 
 impl Pen {
@@ -107,7 +87,10 @@ impl Pen {
                     return Some(Err(status));
                 }
                 let mine = socket_inodes(pid);
-                let bound = udp_inodes(port).iter().any(|i| mine.contains(i));
+                let want = format!(":{port:04X}");
+                let bound = socket_rows(pid, "udp")
+                    .iter()
+                    .any(|r| r.local.ends_with(&want) && mine.contains(&r.inode));
                 let handlers = catches_signal(pid, SIGTERM) && catches_signal(pid, SIGINT);
                 (bound && handlers).then_some(Ok(()))
             });
