@@ -488,7 +488,8 @@ fn bind_control(options: &Options) -> anyhow::Result<Option<BoundListener>> {
         warn!("Won't open control port running as root; use -u to run as different user");
         return Ok(None);
     }
-    Ok(Some(BoundListener::bind_private(addr, options.backlog)?))
+    let bound = BoundListener::bind_private(addr, options.backlog).context("control port (-C)")?;
+    Ok(Some(bound))
 }
 
 /// The shell's part of the configuration, as the command line sets it.

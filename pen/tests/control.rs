@@ -295,11 +295,7 @@ fn control_port_binding_rules() {
     });
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket mode {mode:o} under umask 000");
-    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-    u.write_all(b"blacklist\n").unwrap();
-    let mut out = String::new();
-    u.read_to_string(&mut out).unwrap();
-    assert_eq!(out, "30\n");
+    assert_eq!(support::control::ctl_unix(&sock, "blacklist"), "30\n");
     pen.finish();
 
     // A bare port binds 127.0.0.1 only.
@@ -460,6 +456,91 @@ fn write_round_trips_and_never_follows_symlinks() {
     assert_eq!(c2.pen.ask_from(2), "a");
     c.pen.finish();
     c2.pen.finish();
+}
+
+/// Catalogue S7 over a real control port: the commands that touch files, aimed at files
+/// outside the allowed directory, are refused whether `control_files` is unset or set to
+/// another directory. Each refusal names its command in the reply and in pen's log, and no
+/// file is created, truncated, read or deleted (`status` after a refused `web_stats` writes
+/// nothing either).
+#[test]
+fn file_commands_outside_control_files_are_refused_logged_and_touch_nothing() {
+    let a = Backend::named("a");
+    let dir = TempDir::new("s7");
+    let victim = dir.join("victim");
+    let secret = dir.join("secret.cfg");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::write(&secret, "server 0 address 127.0.0.9 port 9\n").unwrap();
+    let allowed = TempDir::new("s7-allowed");
+    let confined = format!("control_files {}", allowed.path().display());
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    for opts in [vec![], vec!["-o", confined.as_str()]] {
+        let c = Controlled::start(&opts, &[a.spec()]);
+        let servers = c.ctl("servers");
+        let v = victim.display();
+        let cases = [
+            ("write", format!("write {}", dir.join("evil").display())),
+            ("log", format!("log {}", dir.join("keys").display())),
+            ("web_stats", format!("web_stats {v}")),
+            ("include", format!("include {}", secret.display())),
+            ("listen", format!("listen {v}")),
+            ("geoip", format!("geoip {}", secret.display())),
+            (
+                "ssl_sni_path",
+                format!("ssl_sni_path {}", dir.path().display()),
+            ),
+            (
+                "write",
+                format!(
+                    "write {}/../{}/evil",
+                    allowed.path().display(),
+                    dir.path().display()
+                ),
+            ),
+        ];
+        for (word, line) in &cases {
+            let mark = c.pen.stderr_text().len();
+            let reply = c.ctl(line);
+            assert!(
+                reply.starts_with(&format!("{word}: '")) && reply.contains("control_files DIR"),
+                "{opts:?} {line}: {reply:?}"
+            );
+            let logged = wait_until(
+                &format!("{line}: the refusal logged"),
+                Duration::from_secs(5),
+                || {
+                    let text = c.pen.stderr_text();
+                    let line = text
+                        .get(mark..)?
+                        .lines()
+                        .find(|l| l.contains("control: "))?;
+                    Some(line.to_string())
+                },
+            );
+            assert!(
+                logged.ends_with(&format!("control: {}", reply.trim_end())),
+                "{logged}"
+            );
+        }
+        // `status` would write the page web_stats named: nothing is written anywhere.
+        c.ctl("status");
+        assert_eq!(listing(), ["secret.cfg", "victim"], "{opts:?}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            c.ctl("servers"),
+            servers,
+            "{opts:?}: the include was not read"
+        );
+        assert_eq!(c.pen.ask_from(2), "a");
+        c.pen.finish();
+    }
 }
 
 #[test]

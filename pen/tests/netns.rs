@@ -445,13 +445,7 @@ fn the_binary_takes_transparent_and_source_from_o_and_the_control_port() {
         "peer=10.71.1.2",
         "-o transparent"
     );
-    let ask_ctl = |cmd: &str| {
-        let mut s = std::os::unix::net::UnixStream::connect(&ctl).expect("control socket");
-        std::io::Write::write_all(&mut s, format!("{cmd}\n").as_bytes()).unwrap();
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
-        out
-    };
+    let ask_ctl = |cmd: &str| support::control::ctl_unix(&ctl, cmd);
     assert_eq!(ask_ctl("no transparent"), "");
     assert_eq!(
         ask_from(&net.client, at),

@@ -317,7 +317,7 @@ pub fn check_origin(cmd: &Command, host: &HostView, origin: Origin) -> Result<()
             reason: "only the command line and the config file may set it".into(),
         });
     }
-    let Some(path) = cmd.file() else {
+    let Some((command, path)) = cmd.file() else {
         return Ok(());
     };
     let allowed = host
@@ -328,7 +328,7 @@ pub fn check_origin(cmd: &Command, host: &HostView, origin: Origin) -> Result<()
         Ok(())
     } else {
         Err(ControlError::Refused {
-            command: "control port",
+            command,
             reason: format!(
                 "'{}': file names are only accepted over the control port inside the \
                  directory set with 'control_files DIR' (pen -o)",

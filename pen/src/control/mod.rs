@@ -224,16 +224,19 @@ pub enum Command {
 }
 
 impl Command {
-    /// The file this command would read or write, if any (for the control-port file rule).
-    pub fn file(&self) -> Option<PathBuf> {
+    /// The command's word and the file it would read or write, if any (for the control-port
+    /// file rule).
+    pub fn file(&self) -> Option<(&'static str, PathBuf)> {
         match self {
-            Command::Include(p)
-            | Command::Write(Some(p))
-            | Command::WebStats(Some(p))
-            | Command::GeoIp(Some(p)) => Some(p.clone()),
-            Command::Log(Some(l)) if !log_is_network(l) => Some(PathBuf::from(l)),
-            Command::Listen(Some((_, ListenAddr::Unix(p)))) => Some(p.clone()),
-            Command::Ssl(Ssl::OcspResponse(p) | Ssl::SniPath(p)) => Some(p.clone()),
+            Command::Include(p) => Some(("include", p.clone())),
+            Command::Write(Some(p)) => Some(("write", p.clone())),
+            Command::WebStats(Some(p)) => Some(("web_stats", p.clone())),
+            Command::GeoIp(Some(p)) => Some(("geoip", p.clone())),
+            Command::Log(Some(l)) if !log_is_network(l) => Some(("log", PathBuf::from(l))),
+            Command::Listen(Some((_, ListenAddr::Unix(p)))) => Some(("listen", p.clone())),
+            Command::Ssl(s @ (Ssl::OcspResponse(p) | Ssl::SniPath(p))) => {
+                Some((s.word(), p.clone()))
+            }
             _ => None,
         }
     }

@@ -81,3 +81,14 @@ pub fn ctl(addr: SocketAddr, command: &str) -> String {
     s.read_to_string(&mut out).expect("read the reply");
     out
 }
+
+/// The same over a Unix control socket (`-C PATH`).
+pub fn ctl_unix(path: &std::path::Path, command: &str) -> String {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(path).expect("connect to the control socket");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the reply");
+    out
+}
