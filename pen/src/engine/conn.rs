@@ -335,6 +335,8 @@ pub(super) struct Conn {
     /// The balancer's connection, released when the engine closes this one.
     pub id: Option<ConnId>,
     pub _permit: tokio::sync::OwnedSemaphorePermit,
+    /// On the engine's list of connections to run again (see `Engine::run_again`).
+    pub queued: bool,
 }
 
 /// The relay state of one connection: the server socket, both directions (`relay::Pumps`), the

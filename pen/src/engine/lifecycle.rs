@@ -157,7 +157,7 @@ impl Engine {
                 };
                 match step {
                     Step::Wait => {}
-                    Step::Again => self.again.push(token),
+                    Step::Again => self.run_again(token),
                     Step::End(end) => self.relay_ended(token, end),
                 }
             }
@@ -172,7 +172,7 @@ impl Engine {
         };
         let (result, again) = conn::with_context(|cx| Pin::new(&mut **handshake).poll(cx));
         match result {
-            Poll::Pending if again => self.again.push(token),
+            Poll::Pending if again => self.run_again(token),
             Poll::Pending => {}
             Poll::Ready(Ok(tls)) => {
                 c.client = Client::Tls(Box::new(tls));

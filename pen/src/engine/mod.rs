@@ -102,7 +102,7 @@ struct Engine {
     slots: Vec<Slot>,
     free: Vec<u32>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Connections with reads left over from their last turn.
+    /// Connections with reads left over from their last turn, each once (`run_again`).
     again: Vec<u64>,
     draining: bool,
 }
@@ -226,6 +226,9 @@ impl Engine {
                 }
             }
             for token in std::mem::take(&mut self.again) {
+                if self.live(token) {
+                    self.conn(token).queued = false;
+                }
                 self.contain(token, |e| e.drive(token, now));
             }
             self.run_timers(now);
@@ -440,6 +443,7 @@ impl Engine {
             state,
             id: None,
             _permit: permit,
+            queued: false,
         }));
         Some(client_token)
     }
@@ -489,6 +493,19 @@ impl Engine {
             .conn
             .as_deref_mut()
             .expect("a live connection's token")
+    }
+
+    /// Run a connection again before the engine next sleeps, once however often it asks. A
+    /// connection that is on the list and also has an event is driven for the event as well; if
+    /// both turns asked to be queued, it would be on the next list twice, then three times,
+    /// and a few saturated connections would fill ever longer turns between two epoll_waits
+    /// while the rest waited for their events (seconds, under sustained load).
+    fn run_again(&mut self, token: u64) {
+        let c = self.conn(token);
+        if !c.queued {
+            c.queued = true;
+            self.again.push(token);
+        }
     }
 
     /// The connection a token names, if it is still the one the token was made for.

@@ -29,6 +29,7 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 pub mod control;
 pub mod mmdb;
+pub mod stream;
 pub mod udp;
 
 /// The binary under test.
