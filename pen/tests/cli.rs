@@ -538,7 +538,7 @@ fn unix_socket_paths_of_108_bytes_and_more_are_refused_before_binding() {
                 "pen {argv:?} created something"
             );
         }
-        // The control command that sets a server's address says it in its own words.
+        // The control command that sets a server's address says it in the same words.
         let command = format!("server 0 address {p}");
         let argv = ["-f", "-o", &command, &l, s];
         let out = run(&argv);
@@ -546,7 +546,9 @@ fn unix_socket_paths_of_108_bytes_and_more_are_refused_before_binding() {
         assert!(
             out.stderr.starts_with("pen: -o ")
                 && out.stderr.contains(&format!("'{p}'"))
-                && out.stderr.contains("at most 107 bytes"),
+                && out
+                    .stderr
+                    .contains("Unix socket path is longer than 107 bytes"),
             "pen {argv:?}: {:?}",
             out.stderr
         );

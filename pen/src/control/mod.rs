@@ -285,10 +285,16 @@ pub const QUOTE_MAX: usize = 256;
 /// long: a message that long is useless on a terminal and lost on syslog. The control port's
 /// lines are at most 4096 bytes, and pen 0.34.1's were never longer, so only such text is cut.
 pub fn excerpt(text: &str) -> String {
-    if text.len() <= QUOTE_MAX {
+    excerpt_within(text, QUOTE_MAX)
+}
+
+/// `text` whole up to `max` bytes, else its start (cut at a character boundary), `...` and its
+/// length in bytes. Syslog cuts its overlong messages the same way.
+pub fn excerpt_within(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_string();
     }
-    let mut end = QUOTE_MAX;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -366,12 +366,13 @@ fn parse_server(args: &[&str]) -> Result<Command, ControlError> {
         .map(|kv| {
             let (key, value) = (kv[0], kv[1]);
             Ok(match key {
-                // The command line's rule and limit (`sun_path`).
-                "address" if value.contains('/') => {
-                    ServerChange::Address(ServerAddress::Unix(addr::unix_path(value).map_err(
-                        |_| bad("server", value, "a Unix socket path of at most 107 bytes"),
-                    )?))
-                }
+                // The command line's rule, limit (`sun_path`) and words.
+                "address" if value.contains('/') => ServerChange::Address(ServerAddress::Unix(
+                    addr::unix_path(value).map_err(|_| ControlError::Refused {
+                        command: "server",
+                        reason: addr::AddrError::PathTooLong(super::excerpt(value)).to_string(),
+                    })?,
+                )),
                 "address" => ServerChange::Address(ServerAddress::Ip(resolve("server", value)?)),
                 "port" => ServerChange::Port(
                     value
@@ -496,7 +497,11 @@ mod tests {
         let e = parse(&format!("server 0 address /{}", "x".repeat(107)))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("at most 107 bytes"), "{e}");
+        assert!(
+            e.starts_with("server: '/xxx")
+                && e.ends_with("': Unix socket path is longer than 107 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -95,19 +95,8 @@ pub fn format_line(
     message: &str,
 ) -> String {
     let pri = FACILITY_USER * 8 + severity as u8;
-    let message = message.trim_end_matches('\n');
-    if message.len() <= MAX_MESSAGE {
-        return format!("<{pri}>{stamp} {ident}[{pid}]: {message}");
-    }
-    let mut end = MAX_MESSAGE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!(
-        "<{pri}>{stamp} {ident}[{pid}]: {}... ({} bytes)",
-        &message[..end],
-        message.len()
-    )
+    let message = crate::control::excerpt_within(message.trim_end_matches('\n'), MAX_MESSAGE);
+    format!("<{pri}>{stamp} {ident}[{pid}]: {message}")
 }
 
 #[cfg(test)]
