@@ -2,7 +2,6 @@
 //! balancer says), the relay, and its end (`close N`, timeouts, the shutdown cut), each step
 //! run when epoll, a timer or the mailbox says the connection can move.
 
-use std::cmp::Reverse;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
@@ -53,7 +52,7 @@ impl Engine {
                         server,
                         deadline,
                     });
-                    self.timers.push(Reverse((deadline, token)));
+                    self.timers.set(token, deadline);
                     return;
                 }
                 Err(e) if net::is_local_failure(&e) => {
@@ -236,8 +235,10 @@ impl Engine {
         let relay = Relay::new(
             conn, server, counters, &c.options, &backend, c.peer, tls, now,
         );
-        if !relay.idle.is_zero() {
-            self.timers.push(Reverse((now + relay.idle, token)));
+        if relay.idle.is_zero() {
+            self.timers.clear(token);
+        } else {
+            self.timers.set(token, now + relay.idle);
         }
         let c = self.conn(token);
         c.state = State::Relaying(relay);
@@ -296,11 +297,7 @@ impl Engine {
     }
 
     pub(super) fn run_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, token))) = self.timers.peek() {
-            if at > now {
-                return;
-            }
-            self.timers.pop();
+        while let Some(token) = self.timers.pop_due(now) {
             if token == RESUME_ACCEPT {
                 self.accept_paused_until = None;
                 continue;
@@ -309,7 +306,7 @@ impl Engine {
         }
     }
 
-    /// A timer of this connection is due (perhaps an old one: each is checked against now).
+    /// This connection's deadline has come (each is still checked against now and its state).
     pub(super) fn on_timer(&mut self, token: u64, now: Instant) {
         if !self.live(token) {
             return;
@@ -342,7 +339,7 @@ impl Engine {
                 if now >= due {
                     self.relay_ended(token, RelayEnd::Idle);
                 } else {
-                    self.timers.push(Reverse((due, token)));
+                    self.timers.set(token, due);
                 }
             }
             State::Relaying(_) => {}

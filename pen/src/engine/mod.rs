@@ -1,7 +1,7 @@
 //! The TCP data plane: one edge-triggered epoll loop per data-plane thread, as C pen runs one
 //! level-triggered loop, instead of a tokio runtime with a task per connection. TLS clients
 //! run here too: their handshake is a future (`tls::Handshake`) polled from readiness events
-//! like any other step, with its timeout on this loop's timer heap.
+//! like any other step, with its timeout among this loop's `Timers`.
 //!
 //! Why: measured on the benchmark's keep-alive load, the kernel's work per request was the same
 //! for pen-rs on tokio and for C pen, and the difference was user space: tokio's per-event
@@ -25,11 +25,10 @@ mod client;
 mod conn;
 mod lifecycle;
 mod mailbox;
+mod timers;
 
 pub use mailbox::Mailbox;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
@@ -52,6 +51,7 @@ use crate::tls::Tls;
 use client::Client;
 use conn::{Conn, Sock, State};
 use mailbox::{token_waker, NUDGE};
+use timers::Timers;
 
 /// Tokens with the top bit set are not connections.
 const LISTENER: u64 = 1 << 63;
@@ -101,7 +101,8 @@ struct Engine {
     accept_paused_until: Option<Instant>,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Each connection's one deadline (by its client token), and `RESUME_ACCEPT`'s.
+    timers: Timers,
     /// Connections with reads left over from their last turn, each once (`run_again`).
     again: Vec<u64>,
     draining: bool,
@@ -149,7 +150,7 @@ impl Engine {
             accept_paused_until: None,
             slots: Vec::new(),
             free: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             again: Vec::new(),
             draining: false,
         };
@@ -186,10 +187,8 @@ impl Engine {
                 Duration::ZERO
             } else {
                 self.timers
-                    .peek()
-                    .map_or(MAX_SLEEP, |Reverse((at, _))| {
-                        at.saturating_duration_since(now)
-                    })
+                    .next()
+                    .map_or(MAX_SLEEP, |at| at.saturating_duration_since(now))
                     .min(MAX_SLEEP)
             };
             // Round up, so a timer is never found a little early and waited for again.
@@ -369,8 +368,7 @@ impl Engine {
                         warn!("accept: {e}; pausing new connections until descriptors free up");
                     }
                     self.accept_paused_until = Some(now + EXHAUSTION_PAUSE);
-                    self.timers
-                        .push(Reverse((now + EXHAUSTION_PAUSE, RESUME_ACCEPT)));
+                    self.timers.set(RESUME_ACCEPT, now + EXHAUSTION_PAUSE);
                     return;
                 }
                 Err(e) => debug!("accept: {e}"),
@@ -392,7 +390,7 @@ impl Engine {
             let options = self.setup.shared.with(|b| b.settings.conn_options());
             let state = State::Handshake { deadline, timeout };
             if let Some(token) = self.register(client, peer, options, state, permit) {
-                self.timers.push(Reverse((deadline, token)));
+                self.timers.set(token, deadline);
             }
             return;
         }
@@ -477,7 +475,7 @@ impl Engine {
             None => {
                 let deadline = now + conn::dummy_wait(&settings);
                 c.state = State::Dummy { deadline };
-                self.timers.push(Reverse((deadline, token)));
+                self.timers.set(token, deadline);
                 // A TLS client's first chunk may have come with the handshake's last flight.
                 self.drive(token, now);
             }
@@ -523,6 +521,7 @@ impl Engine {
         };
         slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
         self.free.push(slot_of(token) as u32);
+        self.timers.clear(token & !1);
         if let Some(id) = conn.id {
             self.setup.shared.with(|b| b.closed(id));
         }
