@@ -49,6 +49,7 @@ fn saturated_connections_never_hold_up_a_quiet_one() {
     }
     drop(quiet);
     join_streamers(streamers);
+    assert!(rtts.len() >= 20, "only {} echoes in {run:?}", rtts.len());
     let worst = rtts.iter().max().unwrap();
     let median = |part: &[Duration]| {
         let mut part = part.to_vec();
@@ -64,7 +65,6 @@ fn saturated_connections_never_hold_up_a_quiet_one() {
         "{} echoes, worst {worst:?}, median {early:?} in the first quarter, {late:?} in the last",
         rtts.len()
     );
-    assert!(rtts.len() >= 20, "only {} echoes in {run:?}", rtts.len());
     assert!(
         late <= early * 2 + Duration::from_millis(50),
         "a quiet connection waited longer and longer behind saturated ones: {rtts:?}"
