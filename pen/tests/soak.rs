@@ -285,11 +285,7 @@ fn rss_samples(pid: u32, n: usize, every: Duration) -> Vec<u64> {
 
 #[test]
 fn soak_leaves_no_descriptors_memory_or_connections_behind() {
-    let secs: u64 = std::env::var("PEN_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
-    let load = Duration::from_secs(secs.max(4));
+    let load = secs_from_env("PEN_SOAK_SECS", 120).max(Duration::from_secs(4));
     let warm_up = Duration::from_secs(15).min(load / 4);
 
     let modes: Vec<Arc<AtomicU8>> = (0..3).map(|_| Arc::new(AtomicU8::new(ECHO))).collect();
@@ -331,7 +327,10 @@ fn soak_leaves_no_descriptors_memory_or_connections_behind() {
         },
     );
     let fd_baseline = stable_fd_count(&c.pen);
-    eprintln!("soak: {secs} s of load, warm-up {warm_up:?}; idle descriptors {fd_baseline}");
+    eprintln!(
+        "soak: {} s of load, warm-up {warm_up:?}; idle descriptors {fd_baseline}",
+        load.as_secs()
+    );
 
     let outcomes = Outcomes::default();
     let stop = AtomicBool::new(false);

@@ -28,15 +28,6 @@ use support::*;
 
 const GIB: u64 = 1 << 30;
 
-/// Whole seconds from the environment variable `name`, or `default`.
-fn secs_from_env(name: &str, default: u64) -> Duration {
-    let secs = std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    Duration::from_secs(secs)
-}
-
 /// pen's resident memory each second from `from` until `until`.
 fn sample_rss(pid: u32, from: Instant, until: Instant) -> Vec<u64> {
     thread::sleep(from.saturating_duration_since(Instant::now()));

@@ -434,6 +434,16 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Whole seconds from the environment variable `name` (a long run's length, such as
+/// `PEN_SOAK_SECS`), or `default`.
+pub fn secs_from_env(name: &str, default: u64) -> Duration {
+    let secs = std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    Duration::from_secs(secs)
+}
+
 /// User plus system CPU time the process has used, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
