@@ -22,9 +22,10 @@ use crate::balancer::{ConnCounters, FastClose};
 /// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
 const CHUNK: usize = 64 * 1024;
 
-/// Reads per direction in one step, so one fast connection cannot starve the rest of its
-/// data-plane thread.
-const READS_PER_POLL: usize = 16;
+/// Reads per direction in one step when the step's caller sets no budget of its own (the
+/// engine shares `engine::TURN_READS` between its busy connections), so one fast connection
+/// cannot starve the rest of its data-plane thread.
+pub const READS_PER_STEP: usize = 16;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
@@ -117,10 +118,12 @@ struct Half {
 impl Half {
     /// Move bytes from `src` to `dst` until one of them would block. Ready(Ok) once EOF has been
     /// forwarded. `progress` is set when any byte moved; `seen` gets every chunk as it was read
-    /// (the request log's tap and the traffic dump), `count` the bytes sent on.
+    /// (the request log's tap and the traffic dump), `count` the bytes sent on. At most `reads`
+    /// reads: then `cx` is woken and the direction returns Pending, to come back next turn.
     #[allow(clippy::too_many_arguments)]
     fn poll_pump<R, W, X>(
         &mut self,
+        reads: usize,
         other_done: bool,
         cx: &mut Context<'_>,
         src: &mut R,
@@ -139,7 +142,7 @@ impl Half {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        for _ in 0..READS_PER_POLL {
+        for _ in 0..reads.max(1) {
             while self.written < self.pending.len() {
                 match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.written..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err((false, zero_write()))),
@@ -193,6 +196,10 @@ impl Half {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(e)) => Poll::Ready(Err((true, e))),
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        // Finding the EOF is progress too: the turn that found it may have
+                        // been this direction's last read, and the shutdown comes on the
+                        // next turn, for which no readiness event will come.
+                        *progress = true;
                         self.eof = true;
                         if X::ACTIVE {
                             // Held-back bytes go out before the EOF is forwarded.
@@ -323,11 +330,12 @@ impl Pumps {
     /// Move what the streams allow, both ways. Ready when the relay is over: both directions
     /// ended, one failed (blaming the side whose socket it was), or fast-close applies.
     /// Pending otherwise, each stream having registered for what it waits on; a direction that
-    /// used its reads for this turn with more to read wakes `cx` before returning. `progress`
-    /// is set when any byte moved.
+    /// used its `reads` for this turn with more to read wakes `cx` before returning. `progress`
+    /// is set when any byte moved (or an EOF was found).
     #[allow(clippy::too_many_arguments)]
     pub fn poll_step<C, S, X>(
         &mut self,
+        reads: usize,
         cx: &mut Context<'_>,
         client: &mut C,
         server: &mut S,
@@ -344,6 +352,7 @@ impl Pumps {
     {
         let (up, down) = (&mut self.up, &mut self.down);
         let up_state = up.poll_pump(
+            reads,
             down.done,
             cx,
             client,
@@ -358,6 +367,7 @@ impl Pumps {
             return Poll::Ready(RelayEnd::Error(side, e));
         }
         let down_state = down.poll_pump(
+            reads,
             up.done,
             cx,
             server,
@@ -412,6 +422,7 @@ mod tests {
             let mut progress = false;
             let from_client = |_: &[u8]| {};
             pumps.poll_step(
+                READS_PER_STEP,
                 cx,
                 client,
                 server,

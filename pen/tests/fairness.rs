@@ -17,7 +17,9 @@ use support::*;
 /// blocked for over 10 s). Here one data-plane thread carries 16 saturated echo streams for
 /// 8 s while a quiet client on the same thread asks for an 8-byte echo every 50 ms: the answers
 /// come as fast at the end as at the start (the old engine's grew from about 0.1 s to 0.7 s),
-/// and none takes a second.
+/// and none takes a second. (With a turn's reads shared between the busy connections they take
+/// a few milliseconds; with 16 reads each per turn they took 45–85 ms. That figure is printed,
+/// not asserted: how fast is for the benchmark.)
 #[test]
 fn saturated_connections_never_hold_up_a_quiet_one() {
     const STREAMS: u8 = 16;
@@ -48,7 +50,7 @@ fn saturated_connections_never_hold_up_a_quiet_one() {
         thread::sleep(Duration::from_millis(50));
     }
     drop(quiet);
-    join_streamers(streamers);
+    let moved = join_streamers(streamers);
     assert!(rtts.len() >= 20, "only {} echoes in {run:?}", rtts.len());
     let worst = rtts.iter().max().unwrap();
     let median = |part: &[Duration]| {
@@ -62,8 +64,10 @@ fn saturated_connections_never_hold_up_a_quiet_one() {
         median(&rtts[rtts.len() - quarter..]),
     );
     eprintln!(
-        "{} echoes, worst {worst:?}, median {early:?} in the first quarter, {late:?} in the last",
-        rtts.len()
+        "{} echoes, worst {worst:?}, median {early:?} in the first quarter, {late:?} in the last; \
+         the streams moved {} MiB each way",
+        rtts.len(),
+        moved >> 20
     );
     assert!(
         late <= early * 2 + Duration::from_millis(50),

@@ -422,8 +422,14 @@ impl Relay {
         }
     }
 
-    /// Move what the sockets allow, both ways.
-    pub fn step<C: Endpoint>(&mut self, client: &mut C, reqlog: &RequestLog, now: Instant) -> Step {
+    /// Move what the sockets allow, both ways, with at most `reads` reads per direction.
+    pub fn step<C: Endpoint>(
+        &mut self,
+        reads: usize,
+        client: &mut C,
+        reqlog: &RequestLog,
+        now: Instant,
+    ) -> Step {
         let mut progress = false;
         let tap = reqlog.tap(self.client_ip, self.server_ip);
         let from_client = |data: &[u8]| tap.chunk(data);
@@ -431,6 +437,7 @@ impl Relay {
             let (pumps, server, counters) = (&mut self.pumps, &mut self.server, &*self.counters);
             match self.rewriter.as_mut() {
                 Some(rewriter) => pumps.poll_step(
+                    reads,
                     cx,
                     client,
                     server,
@@ -441,6 +448,7 @@ impl Relay {
                     &mut progress,
                 ),
                 None => pumps.poll_step(
+                    reads,
                     cx,
                     client,
                     server,
@@ -503,6 +511,7 @@ pub(super) fn dummy_wait(settings: &ConnOptions) -> Duration {
 mod tests {
     use super::*;
     use crate::balancer::Settings;
+    use crate::relay::READS_PER_STEP;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
@@ -532,6 +541,18 @@ mod tests {
             Instant::now(),
         );
         (client_peer, client, server_peer, relay)
+    }
+
+    /// Step as the engine does: again at once while the relay asks to (its reads for the turn
+    /// were used up), then what it waits for.
+    fn settle(relay: &mut Relay, reads: usize, client: &mut Sock, reqlog: &RequestLog) -> Step {
+        for _ in 0..1000 {
+            match relay.step(reads, client, reqlog, Instant::now()) {
+                Step::Again => continue,
+                other => return other,
+            }
+        }
+        panic!("the relay asked to run again 1000 times in a row");
     }
 
     fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
@@ -606,14 +627,16 @@ mod tests {
 
         client_peer.write_all(b"hello").unwrap();
         client.ready(true, false, false);
-        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut server_peer, 5), b"hello");
 
         // The server answers and half-closes: the client gets the reply, then EOF.
         server_peer.write_all(b"world").unwrap();
         server_peer.shutdown(std::net::Shutdown::Write).unwrap();
         relay.server.ready(true, false, true);
-        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut client_peer, 5), b"world");
         assert!(at_eof(&mut client_peer));
 
@@ -621,7 +644,7 @@ mod tests {
         client_peer.write_all(b"late").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
         client.ready(true, false, true);
-        let end = relay.step(&mut client, &reqlog, now);
+        let end = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
         assert!(matches!(end, Step::End(RelayEnd::Done)), "ended");
         assert_eq!(read_exactly(&mut server_peer, 4), b"late");
         assert_eq!(
@@ -643,8 +666,36 @@ mod tests {
         client_peer.write_all(b"x").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
         client.ready(true, false, true);
-        assert!(matches!(relay.step(&mut client, &reqlog, now), Step::Wait));
+        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut server_peer, 1), b"x");
+        assert!(at_eof(&mut server_peer), "the client's EOF was forwarded");
+    }
+
+    /// Regression: a step whose only news was the EOF (found by its turn's last read, with no
+    /// byte moved) waited for a readiness event that never comes, so the EOF was not forwarded
+    /// and the client's peer hung. It asks to run again, as a step that moved bytes does.
+    #[test]
+    fn an_eof_found_by_a_turns_last_read_is_forwarded_on_the_next_turn() {
+        let reqlog = RequestLog::new();
+        let (mut client_peer, mut client, mut server_peer, mut relay) = relay();
+        client_peer.write_all(b"x").unwrap();
+        client.ready(true, false, false);
+        // One read per turn, as each of 16 or more busy connections gets.
+        assert!(matches!(
+            settle(&mut relay, 1, &mut client, &reqlog),
+            Step::Wait
+        ));
+        assert_eq!(read_exactly(&mut server_peer, 1), b"x");
+        // The FIN alone, announced without the hint that a FIN follows the data, so the relay
+        // finds it by reading.
+        client_peer.shutdown(std::net::Shutdown::Write).unwrap();
+        client.ready(true, false, false);
+        let step = settle(&mut relay, 1, &mut client, &reqlog);
+        assert!(
+            matches!(step, Step::Wait),
+            "the server's side is still open"
+        );
         assert!(at_eof(&mut server_peer), "the client's EOF was forwarded");
     }
 
@@ -667,7 +718,7 @@ mod tests {
         let mut saw_pending = false;
         while !saw_pending && Instant::now() < deadline {
             client.ready(true, false, false);
-            let _ = relay.step(&mut client, &reqlog, now);
+            let _ = relay.step(READS_PER_STEP, &mut client, &reqlog, now);
             saw_pending = relay.counters.pending().0 > 0;
             if !saw_pending {
                 std::thread::sleep(Duration::from_millis(1));
@@ -686,7 +737,7 @@ mod tests {
             }
             relay.server.ready(false, true, false);
             client.ready(true, false, false);
-            let _ = relay.step(&mut client, &reqlog, now);
+            let _ = relay.step(READS_PER_STEP, &mut client, &reqlog, now);
         }
         writer.join().unwrap().unwrap();
         assert!(saw_pending, "the server pushed back at least once");

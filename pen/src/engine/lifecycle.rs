@@ -128,6 +128,7 @@ impl Engine {
             return;
         }
         let reqlog = &self.setup.shared.reqlog;
+        let reads = self.turn_reads;
         let c = self.slots[slot_of(token)]
             .conn
             .as_deref_mut()
@@ -147,8 +148,8 @@ impl Engine {
             }
             State::Relaying(relay) => {
                 let step = match &mut c.client {
-                    Client::Plain(client) => relay.step(client, reqlog, now),
-                    Client::Tls(client) => relay.step(&mut **client, reqlog, now),
+                    Client::Plain(client) => relay.step(reads, client, reqlog, now),
+                    Client::Tls(client) => relay.step(reads, &mut **client, reqlog, now),
                     Client::Handshaking(_) => Step::End(RelayEnd::Error(
                         Side::Client,
                         io::Error::other("relaying before the TLS handshake ended"),
