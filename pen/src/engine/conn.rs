@@ -622,7 +622,6 @@ mod tests {
     #[test]
     fn a_relay_moves_both_ways_forwards_each_eof_and_ends_when_both_are_done() {
         let reqlog = RequestLog::new();
-        let now = Instant::now();
         let (mut client_peer, mut client, mut server_peer, mut relay) = relay();
 
         client_peer.write_all(b"hello").unwrap();
@@ -661,7 +660,6 @@ mod tests {
     #[test]
     fn data_and_eof_reported_in_one_event_are_both_relayed() {
         let reqlog = RequestLog::new();
-        let now = Instant::now();
         let (mut client_peer, mut client, mut server_peer, mut relay) = relay();
         client_peer.write_all(b"x").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
