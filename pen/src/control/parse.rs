@@ -227,15 +227,15 @@ fn secs(command: &'static str, value: &str) -> Result<Duration, ControlError> {
         .map_err(|_| bad(command, value, "a number of seconds"))
 }
 
+/// The limit `busy_poll`'s error names, checked against `BusyPoll::MAX` when pen is built.
+const BUSY_POLL_RANGE: &str = "a number of microseconds from 0 to 1000";
+const _: () = assert!(BusyPoll::MAX.as_micros() == 1000);
+
 fn busy_poll(value: &str) -> Result<Duration, ControlError> {
     let max = BusyPoll::MAX.as_micros() as u64;
     match value.parse::<u64>() {
         Ok(us) if us <= max => Ok(Duration::from_micros(us)),
-        _ => Err(bad(
-            "busy_poll",
-            value,
-            "a number of microseconds from 0 to 1000",
-        )),
+        _ => Err(bad("busy_poll", value, BUSY_POLL_RANGE)),
     }
 }
 
