@@ -208,23 +208,6 @@ impl Half {
                         }
                         Poll::Ready(Ok(()))
                     }
-                    Poll::Ready(Ok(())) if X::ACTIVE => {
-                        *progress = true;
-                        seen(buf.filled());
-                        crate::dump::chunk(buf.filled());
-                        REWRITTEN
-                            .with(|out| {
-                                let mut out = out.borrow_mut();
-                                out.clear();
-                                let result = rewrite.rewrite(buf.filled(), &mut out);
-                                count(out.len());
-                                let sent = write_now(cx, dst, &out)?;
-                                self.unflushed |= sent > 0;
-                                self.pending.extend_from_slice(&out[sent..]);
-                                result.map_err(|e| (true, e))
-                            })
-                            .into()
-                    }
                     Poll::Ready(Ok(())) => {
                         let read = buf.filled().len();
                         // The source's FIN came with these bytes (a server that answers and
@@ -241,19 +224,33 @@ impl Half {
                         let data = buf.filled();
                         seen(data);
                         crate::dump::chunk(data);
-                        count(data.len());
                         *progress = true;
-                        // Write straight from the scratch buffer; keep only what does not fit.
-                        let sent = match then_eof {
-                            Some(Ok(())) => write_last(cx, dst, data),
-                            _ => write_now(cx, dst, data),
+                        let last = matches!(then_eof, Some(Ok(())));
+                        let rewritten = if X::ACTIVE {
+                            // What goes on is the rewriter's output, and at the EOF what it
+                            // still held back.
+                            REWRITTEN.with(|out| {
+                                let mut out = out.borrow_mut();
+                                out.clear();
+                                let result = rewrite.rewrite(data, &mut out);
+                                let last = last && result.is_ok();
+                                if last {
+                                    rewrite.finish(&mut out);
+                                }
+                                count(out.len());
+                                self.send(cx, dst, &out, last).map(|()| result)
+                            })
+                        } else {
+                            // Straight from the scratch buffer; only what does not fit is kept.
+                            count(data.len());
+                            self.send(cx, dst, data, last).map(|()| Ok(()))
                         };
-                        let sent = match sent {
-                            Ok(sent) => sent,
+                        match rewritten {
                             Err(e) => return Poll::Ready(Err(e)),
-                        };
-                        self.unflushed |= sent > 0;
-                        self.pending.extend_from_slice(&data[sent..]);
+                            // The rewriter refused the client's bytes.
+                            Ok(Err(e)) => return Poll::Ready(Err((true, e))),
+                            Ok(Ok(())) => {}
+                        }
                         match then_eof {
                             // The loop goes on to the shutdown (or the caller to the close).
                             Some(Ok(())) => self.eof = true,
@@ -272,6 +269,27 @@ impl Half {
         // Reads used up: let the thread's other connections run, then come back.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+impl Half {
+    /// Write `data` on to `dst` as far as it takes it now and keep the rest. `last`: the
+    /// direction's EOF follows at once, so the bytes may carry the FIN (`write_last`).
+    fn send<W: Endpoint>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut W,
+        data: &[u8],
+        last: bool,
+    ) -> Result<(), (bool, io::Error)> {
+        let sent = if last {
+            write_last(cx, dst, data)?
+        } else {
+            write_now(cx, dst, data)?
+        };
+        self.unflushed |= sent > 0;
+        self.pending.extend_from_slice(&data[sent..]);
+        Ok(())
     }
 }
 

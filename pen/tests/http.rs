@@ -9,7 +9,8 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 use support::{
-    assert_same_bytes, channel, connect_from, loopback, pattern, Backend, Listen, Pen, Stream,
+    assert_same_bytes, channel, connect_from, loopback, pattern, segs_in, Backend, Listen, Pen,
+    Stream,
 };
 
 /// A backend that reads its connection to EOF, reports every byte, then answers `done`.
@@ -104,6 +105,45 @@ fn keep_alive_and_pipelined_requests_with_bodies_arrive_byte_exact() {
     }
     let got = through_pen(&pen, 41, &pieces, &rx);
     assert_same_bytes("what the backend received", &got, &want);
+    pen.finish();
+}
+
+/// A request and its FIN that come in one segment leave in one, with the inserted lines: the
+/// backend's socket has received the SYN, the ACK that ends the handshake and the request
+/// with its FIN when it reads EOF (a separate FIN would make four). Before, pen read the FIN
+/// on its own after `-H`'s rewriting and sent it as a segment of its own.
+#[test]
+fn a_request_and_its_fin_leave_in_one_segment_as_they_came() {
+    let (tx, rx) = channel();
+    let backend = Backend::tcp(move |s: Stream| {
+        let Stream::Tcp(mut t) = s else { return };
+        let mut got = Vec::new();
+        let _ = t.read_to_end(&mut got);
+        let segs = segs_in(t.local_addr().unwrap(), t.peer_addr().unwrap());
+        let _ = tx.lock().unwrap().send((got, segs));
+        let _ = t.write_all(b"done");
+    });
+    let pen = Pen::start(&["-H"], &[backend.spec()]);
+    let head = "GET / HTTP/1.0\r\nHost: a\r\n\r\n";
+    for _ in 0..3 {
+        let s = connect_from(loopback(2), 0, pen.tcp()).expect("connect");
+        // MSG_MORE holds the request until the shutdown adds the FIN to it.
+        socket2::SockRef::from(&s)
+            .send_with_flags(head.as_bytes(), nix::libc::MSG_MORE)
+            .expect("send");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let mut answer = Vec::new();
+        let _ = (&s).read_to_end(&mut answer);
+        assert_eq!(answer, b"done");
+        let (got, segs) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the backend's bytes");
+        assert_same_bytes("the request", &got, rewritten(head, "127.0.0.2").as_bytes());
+        assert!(
+            segs <= 3,
+            "the backend's socket received {segs} segments (want 3: the FIN came on its own)"
+        );
+    }
     pen.finish();
 }
 

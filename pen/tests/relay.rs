@@ -156,21 +156,11 @@ fn a_reply_and_its_fin_leave_in_one_segment_as_they_came() {
         let mut client = pen.connect_from(2);
         client.write_all(b"ask\n").unwrap();
         assert_eq!(read_all(&mut client), b"reply\n");
-        let port = client.local_addr().unwrap().port();
-        let ss = std::process::Command::new("ss")
-            .args(["-Htin", "src", &format!("127.0.0.2:{port}")])
-            .output()
-            .expect("ss (iproute2)");
-        let info = String::from_utf8_lossy(&ss.stdout);
-        let segs_in: u32 = info
-            .split_whitespace()
-            .find_map(|t| t.strip_prefix("segs_in:"))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no segs_in in ss's answer: {info:?}"));
+        let segs = segs_in(client.local_addr().unwrap(), client.peer_addr().unwrap());
         assert!(
-            segs_in <= 3,
-            "the client's socket received {segs_in} segments (want 3: the reply's FIN came on \
-             its own); ss:\n{info}"
+            segs <= 3,
+            "the client's socket received {segs} segments (want 3: the reply's FIN came on its \
+             own)"
         );
     }
     pen.finish();

@@ -309,6 +309,19 @@ pub fn ask(s: &mut (impl Read + Write)) -> io::Result<String> {
     read_line(s)
 }
 
+/// The segments the TCP socket from `local` to `peer` has received, as `ss` counts them.
+pub fn segs_in(local: SocketAddr, peer: SocketAddr) -> u32 {
+    let ss = std::process::Command::new("ss")
+        .args(["-Htin", "src", &local.to_string(), "dst", &peer.to_string()])
+        .output()
+        .expect("ss (iproute2)");
+    let info = String::from_utf8_lossy(&ss.stdout);
+    info.split_whitespace()
+        .find_map(|t| t.strip_prefix("segs_in:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no segs_in in ss's answer for {local} to {peer}: {info:?}"))
+}
+
 /// Read until EOF or an error; the error kind, if any.
 pub fn drain(r: &mut impl Read) -> Result<usize, io::ErrorKind> {
     let mut buf = [0u8; 16 * 1024];
