@@ -22,11 +22,6 @@ use crate::balancer::{ConnCounters, FastClose};
 /// Bytes read per call: pen reads 32 KiB; 64 KiB halves the syscalls of bulk transfers.
 const CHUNK: usize = 64 * 1024;
 
-/// Reads per direction in one step when the step's caller sets no budget of its own (the
-/// engine shares `engine::TURN_READS` between its busy connections), so one fast connection
-/// cannot starve the rest of its data-plane thread.
-pub const READS_PER_STEP: usize = 16;
-
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
     /// What a `Rewrite` makes of one read, before it is written (only used with `-H`).
@@ -270,9 +265,7 @@ impl Half {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
-}
 
-impl Half {
     /// Write `data` on to `dst` as far as it takes it now and keep the rest. `last`: the
     /// direction's EOF follows at once, so the bytes may carry the FIN (`write_last`).
     fn send<W: Endpoint>(
@@ -440,7 +433,7 @@ mod tests {
             let mut progress = false;
             let from_client = |_: &[u8]| {};
             pumps.poll_step(
-                READS_PER_STEP,
+                16, // reads per direction and step, as the engine gives a lone connection
                 cx,
                 client,
                 server,

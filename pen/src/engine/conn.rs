@@ -509,9 +509,9 @@ pub(super) fn dummy_wait(settings: &ConnOptions) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::super::TURN_READS;
     use super::*;
     use crate::balancer::Settings;
-    use crate::relay::READS_PER_STEP;
     use std::io::Write;
     use std::os::unix::net::UnixStream;
 
@@ -626,7 +626,7 @@ mod tests {
 
         client_peer.write_all(b"hello").unwrap();
         client.ready(true, false, false);
-        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        let step = settle(&mut relay, TURN_READS, &mut client, &reqlog);
         assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut server_peer, 5), b"hello");
 
@@ -634,7 +634,7 @@ mod tests {
         server_peer.write_all(b"world").unwrap();
         server_peer.shutdown(std::net::Shutdown::Write).unwrap();
         relay.server.ready(true, false, true);
-        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        let step = settle(&mut relay, TURN_READS, &mut client, &reqlog);
         assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut client_peer, 5), b"world");
         assert!(at_eof(&mut client_peer));
@@ -643,7 +643,7 @@ mod tests {
         client_peer.write_all(b"late").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
         client.ready(true, false, true);
-        let end = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        let end = settle(&mut relay, TURN_READS, &mut client, &reqlog);
         assert!(matches!(end, Step::End(RelayEnd::Done)), "ended");
         assert_eq!(read_exactly(&mut server_peer, 4), b"late");
         assert_eq!(
@@ -664,7 +664,7 @@ mod tests {
         client_peer.write_all(b"x").unwrap();
         client_peer.shutdown(std::net::Shutdown::Write).unwrap();
         client.ready(true, false, true);
-        let step = settle(&mut relay, READS_PER_STEP, &mut client, &reqlog);
+        let step = settle(&mut relay, TURN_READS, &mut client, &reqlog);
         assert!(matches!(step, Step::Wait));
         assert_eq!(read_exactly(&mut server_peer, 1), b"x");
         assert!(at_eof(&mut server_peer), "the client's EOF was forwarded");
@@ -716,7 +716,7 @@ mod tests {
         let mut saw_pending = false;
         while !saw_pending && Instant::now() < deadline {
             client.ready(true, false, false);
-            let _ = relay.step(READS_PER_STEP, &mut client, &reqlog, now);
+            let _ = relay.step(TURN_READS, &mut client, &reqlog, now);
             saw_pending = relay.counters.pending().0 > 0;
             if !saw_pending {
                 std::thread::sleep(Duration::from_millis(1));
@@ -735,7 +735,7 @@ mod tests {
             }
             relay.server.ready(false, true, false);
             client.ready(true, false, false);
-            let _ = relay.step(READS_PER_STEP, &mut client, &reqlog, now);
+            let _ = relay.step(TURN_READS, &mut client, &reqlog, now);
         }
         writer.join().unwrap().unwrap();
         assert!(saw_pending, "the server pushed back at least once");
