@@ -6,7 +6,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::conn::{self, Sock};
+use super::conn;
+use super::sock::Sock;
 use crate::tls::{Handshake, TlsClient};
 
 pub(super) enum Client {

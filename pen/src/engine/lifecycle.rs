@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use super::client::Client;
 use super::conn::{self, Connecting, Relay, State, Step};
 use super::mailbox::token_waker;
+use super::sock;
 use super::{edge, slot_of, Engine, RESUME_ACCEPT};
 use crate::balancer::Admission;
 use crate::net;
@@ -36,7 +37,7 @@ impl Engine {
             };
             let c = self.conn(token);
             c.id = Some(conn);
-            let failure = match conn::start_connect(&backend, &c.options, c.peer.ip) {
+            let failure = match sock::start_connect(&backend, &c.options, c.peer.ip) {
                 Ok(server) => {
                     let server_token = token | 1;
                     if let Err(e) = self.epoll.add(server.socket.as_fd(), edge(server_token)) {
@@ -142,7 +143,7 @@ impl Engine {
             }
             State::Choosing => {}
             State::Connecting(connecting) => {
-                if let Some(result) = conn::connect_result(&mut connecting.server) {
+                if let Some(result) = sock::connect_result(&mut connecting.server) {
                     self.connected(token, result, now);
                 }
             }

@@ -25,6 +25,7 @@ mod client;
 mod conn;
 mod lifecycle;
 mod mailbox;
+mod sock;
 mod timers;
 
 pub use mailbox::Mailbox;
@@ -49,8 +50,9 @@ use crate::shared::{self, Limits, Shared, Spin};
 use crate::tls::Tls;
 
 use client::Client;
-use conn::{Conn, Sock, State};
+use conn::{Conn, State};
 use mailbox::{token_waker, NUDGE};
+use sock::Sock;
 use timers::Timers;
 
 /// Tokens with the top bit set are not connections.
