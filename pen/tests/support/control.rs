@@ -92,3 +92,10 @@ pub fn ctl_unix(path: &std::path::Path, command: &str) -> String {
     s.read_to_string(&mut out).expect("read the reply");
     out
 }
+
+impl Controlled {
+    /// The balancer's state as the control port's `snapshot` command reports it.
+    pub fn snapshot(&self) -> pen::balancer::Snapshot {
+        serde_json::from_str(self.ctl("snapshot").trim()).expect("JSON snapshot")
+    }
+}
