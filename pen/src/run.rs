@@ -74,9 +74,9 @@ pub enum Phase {
 /// `daemon::detach`) until the readiness signal below, so a start-up error shows in its exit
 /// status, and this function then runs in the child.
 ///
-/// Threads: one data-plane thread per core, each with its own event loop (the epoll engine, or
-/// with TLS a single-threaded tokio runtime) and its own descriptor of the listening socket; a
-/// connection lives on the thread that accepted it, so no thread ever wakes another to run it.
+/// Threads: one data-plane thread per core, each with its own event loop (the epoll engine,
+/// TLS included) and its own descriptor of the listening socket; a connection lives on the
+/// thread that accepted it, so no thread ever wakes another to run it.
 /// The main thread runs the control plane (signals, the control port, config re-reads), so
 /// nothing it does can delay a connection. With `-U` the UDP plane's one thread replaces the
 /// data-plane threads; with `dsr_if`, the DSR thread.
