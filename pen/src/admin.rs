@@ -265,6 +265,7 @@ impl Admin {
             Action::ConnMax(n) => self.resize(n),
             Action::Debug(n) => crate::logging::set_debug(n),
             Action::BusyPoll(window) => self.shared.busy_poll.set(window),
+            Action::Coalesce(max) => self.shared.coalesce.set(max),
             Action::Idlers(n) => {
                 self.idlers.send_replace(n);
             }

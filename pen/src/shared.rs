@@ -1,6 +1,6 @@
 //! What the data planes (the TCP engine, UDP, direct server return) share with each other and
-//! with the main thread: the one lock around the balancer, the `-x` limits, `busy_poll`,
-//! rate-limited messages, and how logs name clients, servers and failures.
+//! with the main thread: the one lock around the balancer, the `-x` limits, `busy_poll` and
+//! `coalesce`, rate-limited messages, and how logs name clients, servers and failures.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -20,7 +20,10 @@ pub struct Shared {
     balancer: Mutex<Balancer>,
     pub reqlog: RequestLog,
     /// Read by the data-plane loops on every turn, so kept out of the lock.
-    pub busy_poll: BusyPoll,
+    pub busy_poll: Micros,
+    /// `coalesce`: the longest nap a TCP data-plane loop takes before it waits for events
+    /// (`engine::coalesce`); zero for none.
+    pub coalesce: Micros,
 }
 
 impl Shared {
@@ -28,7 +31,8 @@ impl Shared {
         Arc::new(Shared {
             balancer: Mutex::new(balancer),
             reqlog: RequestLog::new(),
-            busy_poll: BusyPoll::default(),
+            busy_poll: Micros::default(),
+            coalesce: Micros::new(COALESCE_DEFAULT),
         })
     }
 
@@ -43,6 +47,11 @@ impl Shared {
     }
 }
 
+/// `coalesce`'s default: naps of up to 100 µs.
+pub const COALESCE_DEFAULT: Duration = Duration::from_micros(100);
+
+/// A loop setting in microseconds, from 0 to `Micros::MAX`, read on every turn without a lock.
+///
 /// `busy_poll`: how long a data-plane loop goes on polling for events, rather than sleeping,
 /// after it last found some. Zero (the default) is off: a loop sleeps as soon as it has
 /// nothing to do.
@@ -54,13 +63,19 @@ impl Shared {
 /// spend its idle time polling instead (HAProxy's `busy-polling`), so its clients' and
 /// servers' cores do more work.
 #[derive(Debug, Default)]
-pub struct BusyPoll {
+pub struct Micros {
     micros: AtomicU64,
 }
 
-impl BusyPoll {
-    /// The longest window `busy_poll` takes.
+impl Micros {
+    /// The largest value `busy_poll` and `coalesce` take.
     pub const MAX: Duration = Duration::from_millis(1);
+
+    pub fn new(value: Duration) -> Self {
+        let setting = Micros::default();
+        setting.set(value);
+        setting
+    }
 
     pub fn set(&self, window: Duration) {
         let micros = window.min(Self::MAX).as_micros() as u64;
@@ -229,12 +244,13 @@ mod tests {
     }
 
     #[test]
-    fn the_busy_poll_window_is_capped_at_its_maximum() {
-        let b = BusyPoll::default();
+    fn a_loop_setting_is_capped_at_its_maximum() {
+        let b = Micros::default();
         assert_eq!(b.window(), Duration::ZERO);
         b.set(Duration::from_micros(8));
         assert_eq!(b.window(), Duration::from_micros(8));
         b.set(Duration::from_secs(5));
-        assert_eq!(b.window(), BusyPoll::MAX);
+        assert_eq!(b.window(), Micros::MAX);
+        assert_eq!(Micros::new(COALESCE_DEFAULT).window(), COALESCE_DEFAULT);
     }
 }

@@ -45,6 +45,8 @@ pub struct HostView {
     pub idlers: usize,
     /// `busy_poll`: how long the data-plane loops poll before they sleep (0: they do not).
     pub busy_poll: Duration,
+    /// `coalesce`: the longest nap of the TCP data-plane loops (0: none).
+    pub coalesce: Duration,
 }
 
 impl HostView {
@@ -67,6 +69,7 @@ impl HostView {
             tarpit_acl: None,
             idlers: 0,
             busy_poll: Duration::ZERO,
+            coalesce: crate::shared::COALESCE_DEFAULT,
         }
     }
 }
@@ -201,6 +204,16 @@ pub fn execute(
                     act(reply(*d), Action::BusyPoll(*d))
                 }
                 None => reply(host.busy_poll).into(),
+            }
+        }
+        Command::Coalesce(v) => {
+            let reply = |d: Duration| format!("{}\n", d.as_micros());
+            match v {
+                Some(d) => {
+                    host.coalesce = *d;
+                    act(reply(*d), Action::Coalesce(*d))
+                }
+                None => reply(host.coalesce).into(),
             }
         }
         Command::Idlers(v) => {

@@ -198,3 +198,38 @@ fn busy_poll_takes_microseconds_and_refuses_what_is_out_of_range() {
         ("0\n".to_string(), Some(Action::BusyPoll(Duration::ZERO)))
     );
 }
+
+/// `coalesce` (not in pen 0.34.1): microseconds, 100 by default, 0 (off) to 1000, replied as
+/// set; a bad value is refused naming the command, the value and the range, and changes
+/// nothing.
+#[test]
+fn coalesce_takes_microseconds_and_refuses_what_is_out_of_range() {
+    let mut b = balancer();
+    let mut h = host();
+    let mut exec = |line: &str| {
+        parse(line)
+            .and_then(|c| execute(&c, &mut b, &mut h, &ctx()))
+            .map(|o| (o.reply, o.action))
+    };
+    assert_eq!(exec("coalesce").unwrap(), ("100\n".to_string(), None));
+    for bad in ["1001", "-1", "50us"] {
+        let e = exec(&format!("coalesce {bad}")).unwrap_err().to_string();
+        assert!(
+            e.contains("coalesce") && e.contains(bad) && e.contains("from 0 to 1000"),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(exec("coalesce").unwrap(), ("100\n".to_string(), None));
+    assert_eq!(
+        exec("coalesce 0").unwrap(),
+        ("0\n".to_string(), Some(Action::Coalesce(Duration::ZERO)))
+    );
+    assert_eq!(
+        exec("coalesce 1000").unwrap(),
+        (
+            "1000\n".to_string(),
+            Some(Action::Coalesce(Duration::from_micros(1000)))
+        )
+    );
+    assert_eq!(exec("coalesce").unwrap(), ("1000\n".to_string(), None));
+}

@@ -185,7 +185,8 @@ pub fn apply(
 /// pen 0.34.1 it always records weights and prios, skips blank server slots (which could not
 /// be loaded back), keeps the port of a network log, and adds the settings pen forgot
 /// (`idle_timeout`, `keepalive`, `transparent`, `dummy`, `source`) after pen's own lines, and
-/// this pen's own settings (`http_xff`, `busy_poll`, `client_conn_max`, `geoip`) last.
+/// this pen's own settings (`http_xff`, `busy_poll`, `coalesce`, `client_conn_max`, `geoip`)
+/// last.
 pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> String {
     let s = &b.settings;
     let mut out = String::new();
@@ -265,6 +266,10 @@ pub fn render(b: &Balancer, host: &HostView, ctx: &Context, target: &Path) -> St
         // Only when set: pen 0.34.1 does not know the command.
         let _ = writeln!(out, "busy_poll {}", host.busy_poll.as_micros());
     }
+    if host.coalesce != crate::shared::COALESCE_DEFAULT {
+        // Only when changed: pen 0.34.1 does not know the command.
+        let _ = writeln!(out, "coalesce {}", host.coalesce.as_micros());
+    }
     if s.client_conn_max > 0 {
         // Only when set: pen 0.34.1 does not know the command.
         let _ = writeln!(out, "client_conn_max {}", s.client_conn_max);
@@ -328,6 +333,7 @@ mod tests {
             "blacklist 7",
             "log 127.0.0.1:9999",
             "busy_poll 8",
+            "coalesce 0",
         ];
         let src = d.join("in.cfg");
         std::fs::write(&src, lines.join("\n")).unwrap();
@@ -354,6 +360,7 @@ mod tests {
         );
         assert!(text.contains("log 127.0.0.1:9999\n"));
         assert!(text.contains("busy_poll 8\n"), "{text}");
+        assert!(text.contains("coalesce 0\n"), "{text}");
         std::fs::write(&out, &text).unwrap();
 
         let (mut b2, mut h2) = setup();

@@ -160,6 +160,9 @@ pub enum Command {
     Blacklist(Option<Duration>),
     /// `busy_poll [MICROSECONDS]` (new): how long the data-plane loops poll before they sleep.
     BusyPoll(Option<Duration>),
+    /// `coalesce [MICROSECONDS]` (new): the longest nap the TCP data-plane loops take before
+    /// they wait for events, when many connections are busy.
+    Coalesce(Option<Duration>),
     ClientAcl(Option<AclId>),
     /// `client_conn_max [N]`: open connections allowed per client address (0: no limit).
     ClientConnMax(Option<usize>),
@@ -255,6 +258,8 @@ pub enum Action {
     ConnMax(usize),
     /// Poll this long after the last events before sleeping (`busy_poll`).
     BusyPoll(Duration),
+    /// Nap at most this long before waiting for events (`coalesce`).
+    Coalesce(Duration),
     Debug(u8),
     /// Keep this many idle upstream connections open.
     Idlers(usize),

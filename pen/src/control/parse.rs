@@ -11,7 +11,7 @@ use super::{
 };
 use crate::addr;
 use crate::balancer::{AclEntry, AclId, ConnId, FastClose, XffMode};
-use crate::shared::BusyPoll;
+use crate::shared::Micros;
 
 /// Commands of pen 0.34.1 whose feature this version does not have.
 const LATER: &[&str] = &[];
@@ -36,7 +36,8 @@ pub fn parse(line: &str) -> Result<Command, ControlError> {
     let cmd = match first {
         "acl" => parse_acl(args)?,
         "blacklist" => Command::Blacklist(arg.map(|a| secs("blacklist", a)).transpose()?),
-        "busy_poll" => Command::BusyPoll(arg.map(busy_poll).transpose()?),
+        "busy_poll" => Command::BusyPoll(arg.map(|v| micros("busy_poll", v)).transpose()?),
+        "coalesce" => Command::Coalesce(arg.map(|v| micros("coalesce", v)).transpose()?),
         "client_acl" => Command::ClientAcl(arg.map(|a| acl_id("client_acl", a)).transpose()?),
         "client_conn_max" => Command::ClientConnMax(
             arg.map(|a| count("client_conn_max", a, 0, MAX_CONNS))
@@ -227,15 +228,16 @@ fn secs(command: &'static str, value: &str) -> Result<Duration, ControlError> {
         .map_err(|_| bad(command, value, "a number of seconds"))
 }
 
-/// The limit `busy_poll`'s error names, checked against `BusyPoll::MAX` when pen is built.
-const BUSY_POLL_RANGE: &str = "a number of microseconds from 0 to 1000";
-const _: () = assert!(BusyPoll::MAX.as_micros() == 1000);
+/// The limit `busy_poll`'s and `coalesce`'s errors name, checked against `Micros::MAX` when pen
+/// is built.
+const MICROS_RANGE: &str = "a number of microseconds from 0 to 1000";
+const _: () = assert!(Micros::MAX.as_micros() == 1000);
 
-fn busy_poll(value: &str) -> Result<Duration, ControlError> {
-    let max = BusyPoll::MAX.as_micros() as u64;
+fn micros(command: &'static str, value: &str) -> Result<Duration, ControlError> {
+    let max = Micros::MAX.as_micros() as u64;
     match value.parse::<u64>() {
         Ok(us) if us <= max => Ok(Duration::from_micros(us)),
-        _ => Err(bad("busy_poll", value, BUSY_POLL_RANGE)),
+        _ => Err(bad(command, value, MICROS_RANGE)),
     }
 }
 

@@ -58,6 +58,8 @@ pub(super) struct Conn {
     pub _permit: tokio::sync::OwnedSemaphorePermit,
     /// On the engine's list of connections to run again (see `Engine::run_again`).
     pub queued: bool,
+    /// The `coalesce` epoch of this connection's last event (`Coalesce::event`).
+    pub mark: u32,
 }
 
 /// The relay state of one connection: the server socket, both directions (`relay::Pumps`), the

@@ -22,6 +22,7 @@
 //! changes.
 
 mod client;
+mod coalesce;
 mod conn;
 mod lifecycle;
 mod mailbox;
@@ -48,6 +49,7 @@ use crate::net::{self, BoundListener};
 use crate::run::Phase;
 use crate::shared::{self, Limits, Shared, Spin};
 use crate::tls::Tls;
+use coalesce::Coalesce;
 
 use client::Client;
 use conn::{Conn, State};
@@ -63,6 +65,8 @@ const RESUME_ACCEPT: u64 = (1 << 63) | 3;
 
 /// How long to pause accepting when the process is out of descriptors or memory.
 const EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// The timer slack of a data-plane thread, in nanoseconds: its naps end on time.
+const NAP_SLACK_NS: u64 = 1_000;
 /// Events taken per epoll_wait.
 const EVENTS: usize = 256;
 /// The longest sleep without a timer due (the mailbox wakes the loop for anything else).
@@ -121,6 +125,8 @@ struct Engine {
     /// Reads per direction a relay step takes this turn (`reads_per_step`).
     turn_reads: usize,
     draining: bool,
+    /// The measure of this thread's load that gives its naps (`coalesce`).
+    coalesce: Coalesce,
 }
 
 /// Generations wrap below 2^31, so a connection's token never has the top bit set.
@@ -169,6 +175,7 @@ impl Engine {
             again: Vec::new(),
             turn_reads: TURN_READS,
             draining: false,
+            coalesce: Coalesce::new(Instant::now()),
         };
         engine.take_listener(&bound)?;
         Ok(engine)
@@ -194,6 +201,10 @@ impl Engine {
         let mut events = vec![EpollEvent::empty(); EVENTS];
         let mut now = Instant::now();
         let mut spin = Spin::default();
+        // Naps of tens of microseconds: the kernel's default slack (50 µs) would double them.
+        if let Err(e) = nix::sys::prctl::set_timerslack(NAP_SLACK_NS) {
+            debug!("timer slack: {e}");
+        }
         loop {
             let window = self.setup.shared.busy_poll.window();
             let busy = !self.again.is_empty()
@@ -207,9 +218,21 @@ impl Engine {
                     .map_or(MAX_SLEEP, |at| at.saturating_duration_since(now))
                     .min(MAX_SLEEP)
             };
-            // Round up, so a timer is never found a little early and waited for again.
-            let ms = wait.as_micros().div_ceil(1000);
-            let timeout = EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX);
+            let coalesce = self.setup.shared.coalesce.window();
+            let nap = self.coalesce.nap(wait, coalesce);
+            let timeout = match nap {
+                Some(nap) => {
+                    // Not waiting on the sockets: what arrives meanwhile queues unannounced,
+                    // and one epoll_wait that does not sleep takes it all.
+                    std::thread::sleep(nap);
+                    EpollTimeout::ZERO
+                }
+                None => {
+                    // Round up, so a timer is never found a little early and waited for again.
+                    let ms = wait.as_micros().div_ceil(1000);
+                    EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX)
+                }
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
@@ -221,13 +244,21 @@ impl Engine {
             };
             now = Instant::now();
             spin.found(n, now);
+            self.coalesce.waited(n, nap.is_some(), now, coalesce);
             self.turn_reads = reads_per_step(self.again.len());
             let mut mail = false;
             for event in &events[..n] {
                 match event.data() {
                     LISTENER => self.listener_ready = true,
                     MAILBOX => mail = true,
-                    token => self.contain(token, |e| e.on_event(token, event.events(), now)),
+                    token => {
+                        if self.live(token) {
+                            if let Some(conn) = self.slots[slot_of(token)].conn.as_deref_mut() {
+                                self.coalesce.event(&mut conn.mark);
+                            }
+                        }
+                        self.contain(token, |e| e.on_event(token, event.events(), now));
+                    }
                 }
             }
             if mail {
@@ -459,6 +490,7 @@ impl Engine {
             id: None,
             _permit: permit,
             queued: false,
+            mark: 0,
         }));
         Some(client_token)
     }
