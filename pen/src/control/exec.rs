@@ -196,26 +196,8 @@ pub fn execute(
             host.log = None;
             act(String::new(), Action::NoLog)
         }
-        Command::BusyPoll(v) => {
-            let reply = |d: Duration| format!("{}\n", d.as_micros());
-            match v {
-                Some(d) => {
-                    host.busy_poll = *d;
-                    act(reply(*d), Action::BusyPoll(*d))
-                }
-                None => reply(host.busy_poll).into(),
-            }
-        }
-        Command::Coalesce(v) => {
-            let reply = |d: Duration| format!("{}\n", d.as_micros());
-            match v {
-                Some(d) => {
-                    host.coalesce = *d;
-                    act(reply(*d), Action::Coalesce(*d))
-                }
-                None => reply(host.coalesce).into(),
-            }
-        }
+        Command::BusyPoll(v) => get_set_micros(&mut host.busy_poll, *v, Action::BusyPoll),
+        Command::Coalesce(v) => get_set_micros(&mut host.coalesce, *v, Action::Coalesce),
         Command::Idlers(v) => {
             // pen replies with the numbers before the change.
             let reply = format!("Idlers: {}/{}\n", b.idlers(), host.idlers);
@@ -463,6 +445,26 @@ fn get_set_secs(field: &mut Duration, value: Option<Duration>) -> String {
 }
 
 /// pen's `servers` listing, one line per regular slot, with live byte counts.
+/// A loop setting in microseconds (`busy_poll`, `coalesce`): the reply is the value, and a
+/// new value is the shell's to apply.
+fn get_set_micros(
+    field: &mut Duration,
+    value: Option<Duration>,
+    apply: fn(Duration) -> Action,
+) -> Outcome {
+    let reply = |d: Duration| format!("{}\n", d.as_micros());
+    match value {
+        Some(d) => {
+            *field = d;
+            Outcome {
+                reply: reply(d),
+                action: Some(apply(d)),
+            }
+        }
+        None => reply(*field).into(),
+    }
+}
+
 fn servers(b: &Balancer) -> String {
     let mut out = String::new();
     for (i, s) in b.servers().iter().enumerate() {
