@@ -19,7 +19,16 @@ use crate::reqlog::RequestLog;
 pub struct Shared {
     balancer: Mutex<Balancer>,
     pub reqlog: RequestLog,
-    /// Read by the data-plane loops on every turn, so kept out of the lock.
+    /// `busy_poll`: how long a data-plane loop goes on polling for events, rather than
+    /// sleeping, after it last found some. Zero (the default) is off: a loop sleeps as soon as
+    /// it has nothing to do.
+    ///
+    /// Why: a loop that sleeps must be woken, and the wake-up is paid for by whoever makes it
+    /// ready: the kernel, on the core of the client or server that sent the bytes. In a
+    /// virtual machine that wakes an idle core with an interrupt that exits to the hypervisor,
+    /// this costs the sender's core microseconds per wake-up. A balancer with a core to itself
+    /// can spend its idle time polling instead (HAProxy's `busy-polling`), so its clients' and
+    /// servers' cores do more work.
     pub busy_poll: Micros,
     /// `coalesce`: the longest nap a TCP data-plane loop takes before it waits for events
     /// (`engine::coalesce`); zero for none.
@@ -50,18 +59,8 @@ impl Shared {
 /// `coalesce`'s default: naps of up to 100 µs.
 pub const COALESCE_DEFAULT: Duration = Duration::from_micros(100);
 
-/// A loop setting in microseconds, from 0 to `Micros::MAX`, read on every turn without a lock.
-///
-/// `busy_poll`: how long a data-plane loop goes on polling for events, rather than sleeping,
-/// after it last found some. Zero (the default) is off: a loop sleeps as soon as it has
-/// nothing to do.
-///
-/// Why: a loop that sleeps must be woken, and the wake-up is paid for by whoever makes it
-/// ready: the kernel, on the core of the client or server that sent the bytes. In a virtual
-/// machine that wakes an idle core with an interrupt that exits to the hypervisor, this
-/// costs the sender's core microseconds per wake-up. A balancer with a core to itself can
-/// spend its idle time polling instead (HAProxy's `busy-polling`), so its clients' and
-/// servers' cores do more work.
+/// A loop setting in microseconds (`busy_poll`, `coalesce`), from 0 to `Micros::MAX`, read by
+/// the data-plane loops on every turn, so kept out of the lock.
 #[derive(Debug, Default)]
 pub struct Micros {
     micros: AtomicU64,
@@ -77,12 +76,12 @@ impl Micros {
         setting
     }
 
-    pub fn set(&self, window: Duration) {
-        let micros = window.min(Self::MAX).as_micros() as u64;
+    pub fn set(&self, value: Duration) {
+        let micros = value.min(Self::MAX).as_micros() as u64;
         self.micros.store(micros, Ordering::Relaxed);
     }
 
-    pub fn window(&self) -> Duration {
+    pub fn get(&self) -> Duration {
         Duration::from_micros(self.micros.load(Ordering::Relaxed))
     }
 }
@@ -246,11 +245,11 @@ mod tests {
     #[test]
     fn a_loop_setting_is_capped_at_its_maximum() {
         let b = Micros::default();
-        assert_eq!(b.window(), Duration::ZERO);
+        assert_eq!(b.get(), Duration::ZERO);
         b.set(Duration::from_micros(8));
-        assert_eq!(b.window(), Duration::from_micros(8));
+        assert_eq!(b.get(), Duration::from_micros(8));
         b.set(Duration::from_secs(5));
-        assert_eq!(b.window(), Micros::MAX);
-        assert_eq!(Micros::new(COALESCE_DEFAULT).window(), COALESCE_DEFAULT);
+        assert_eq!(b.get(), Micros::MAX);
+        assert_eq!(Micros::new(COALESCE_DEFAULT).get(), COALESCE_DEFAULT);
     }
 }

@@ -95,7 +95,12 @@ impl Engine {
             flags.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
         let error = flags.intersects(EpollFlags::EPOLLERR);
         let server_side = token & 1 == 1;
-        let c = self.conn(token);
+        let (slots, coalesce) = (&mut self.slots, &mut self.coalesce);
+        let c = slots[slot_of(token)]
+            .conn
+            .as_deref_mut()
+            .expect("a live connection's token");
+        coalesce.event(&mut c.mark);
         let server = match &mut c.state {
             State::Handshake { .. } | State::Dummy { .. } | State::Choosing => None,
             State::Connecting(connecting) => Some(&mut connecting.server),

@@ -206,7 +206,7 @@ impl Engine {
             debug!("timer slack: {e}");
         }
         loop {
-            let window = self.setup.shared.busy_poll.window();
+            let window = self.setup.shared.busy_poll.get();
             let busy = !self.again.is_empty()
                 || (self.listener_ready && self.may_accept(now))
                 || (!window.is_zero() && spin.polling(window, Instant::now()));
@@ -218,7 +218,7 @@ impl Engine {
                     .map_or(MAX_SLEEP, |at| at.saturating_duration_since(now))
                     .min(MAX_SLEEP)
             };
-            let coalesce = self.setup.shared.coalesce.window();
+            let coalesce = self.setup.shared.coalesce.get();
             let nap = self.coalesce.nap(wait, coalesce);
             let timeout = match nap {
                 Some(nap) => {
@@ -251,14 +251,7 @@ impl Engine {
                 match event.data() {
                     LISTENER => self.listener_ready = true,
                     MAILBOX => mail = true,
-                    token => {
-                        if self.live(token) {
-                            if let Some(conn) = self.slots[slot_of(token)].conn.as_deref_mut() {
-                                self.coalesce.event(&mut conn.mark);
-                            }
-                        }
-                        self.contain(token, |e| e.on_event(token, event.events(), now));
-                    }
+                    token => self.contain(token, |e| e.on_event(token, event.events(), now)),
                 }
             }
             if mail {

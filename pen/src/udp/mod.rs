@@ -227,7 +227,7 @@ impl Plane {
         let mut spin = Spin::default();
         loop {
             let before = Instant::now();
-            let window = self.shared.busy_poll.window();
+            let window = self.shared.busy_poll.get();
             let timeout = if spin.polling(window, before) {
                 EpollTimeout::ZERO
             } else {
