@@ -468,6 +468,7 @@ impl Engine {
                 (self.slots.len() - 1) as u32
             }
         };
+        self.coalesce.opened();
         let generation = self.slots[slot as usize].generation;
         let client_token = token(slot, generation, false);
         if let Err(e) = self.epoll.add(sock.socket.as_fd(), edge(client_token)) {
