@@ -96,6 +96,19 @@ fn sigterm_ends_the_service_even_with_a_browser_watching() {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+    // Until the first poll has failed (and been reported), so that its message is on stderr.
+    let mut seen = false;
+    for _ in 0..1000 {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.contains("pen is unreachable") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "no event told of the failed poll");
 
     let out = service.stop();
     assert_eq!(out.code(), Some(0), "{out:?}");
