@@ -100,7 +100,7 @@ fn sigterm_ends_the_service_even_with_a_browser_watching() {
     let mut seen = false;
     for _ in 0..1000 {
         line.clear();
-        if reader.read_line(&mut line).unwrap() == 0 {
+        if reader.read_line(&mut line).expect("the event stream") == 0 {
             break;
         }
         if line.contains("pen is unreachable") {

@@ -84,7 +84,7 @@ impl Coalesce {
         }
     }
 
-    /// A connection was opened.
+    /// A connection was opened (a client accepted).
     pub fn opened(&mut self) {
         self.opened += 1;
     }
@@ -248,7 +248,7 @@ mod tests {
         }
         let at = epoch(&mut c, now, 100, 5, MAX);
         assert_eq!(c.nap(LONG, MAX), Some(Duration::from_micros(50)));
-        // Each connection opened in the epoch: no nap (and none under MIN_NAP either).
+        // Every active connection opened in the epoch: no nap.
         for _ in 0..100 {
             c.opened();
         }
