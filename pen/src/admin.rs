@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::addr::ListenAddr;
 use crate::control::{self, file, Action, Command, Context, ControlError, HostView, Origin};
-use crate::net::{BoundListener, ListenShape};
+use crate::net::BoundListener;
 use crate::reqlog::LogTarget;
 use crate::shared::Shared;
 
@@ -26,8 +26,8 @@ pub struct Admin {
     /// The main listener; every data-plane thread follows it (`listen` replaces it, and
     /// shutting down sets None so that its last descriptor closes).
     listeners: watch::Sender<Option<Arc<BoundListener>>>,
-    /// How `listen` binds: `-q`, and one socket per data-plane thread.
-    listen_shape: ListenShape,
+    /// The backlog `listen` binds with (`-q`).
+    backlog: u32,
     /// `-x` connection slots, and how many permits the semaphore was given in all.
     slots: Arc<Semaphore>,
     permits: Mutex<usize>,
@@ -48,7 +48,7 @@ impl Admin {
         shared: Arc<Shared>,
         host: HostView,
         listeners: watch::Sender<Option<Arc<BoundListener>>>,
-        listen_shape: ListenShape,
+        backlog: u32,
         slots: Arc<Semaphore>,
         tls: Option<Arc<crate::tls::Tls>>,
         udp: bool,
@@ -58,7 +58,7 @@ impl Admin {
             shared,
             host: Mutex::new(host),
             listeners,
-            listen_shape,
+            backlog,
             slots,
             permits,
             exit: Notify::new(),
@@ -133,7 +133,7 @@ impl Admin {
         }
         // `listen`: bind first, so that a port in use changes nothing at all.
         if let Command::Listen(Some((_, addr))) = &cmd {
-            match BoundListener::bind(addr, self.listen_shape) {
+            match BoundListener::bind(addr, self.backlog) {
                 Ok(bound) => {
                     *self.prebound.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((addr.clone(), bound));
@@ -253,7 +253,7 @@ impl Admin {
                     .map(|(_, b)| b);
                 let bound = match prebound {
                     Some(b) => b,
-                    None => BoundListener::bind(&addr, self.listen_shape).map_err(|e| {
+                    None => BoundListener::bind(&addr, self.backlog).map_err(|e| {
                         // The old listener stays.
                         warn!("listen: {e}");
                         format!("listen: {e}\n")

@@ -78,37 +78,20 @@ pub enum BindError {
     InUse(PathBuf),
 }
 
-/// A bound, listening socket, not yet tied to any runtime. A TCP listener may be several
-/// sockets, one per data-plane thread (`shards`), so that each thread waits on a socket of its
-/// own; a Unix listener is one socket, which every thread accepts from.
+/// A bound, listening socket, not yet tied to any runtime. Every data-plane thread accepts
+/// from it, through a descriptor of its own (`socket`).
 pub enum BoundListener {
-    /// Never empty.
-    Tcp(Vec<std::net::TcpListener>),
+    Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// How a listener is bound: `-q` backlog, and how many sockets (one per data-plane thread).
-#[derive(Debug, Clone, Copy)]
-pub struct ListenShape {
-    pub backlog: u32,
-    pub shards: usize,
-}
-
-/// How many times a listener on port 0 may lose its port to another socket between the check
-/// and the bind (see `bind_shards`) before pen gives up.
-const PORT_ZERO_TRIES: usize = 5;
-
 impl BoundListener {
-    /// Bind and listen. A wildcard IPv6 listener also accepts IPv4 clients, as pen's does. A
-    /// Unix path is replaced only if it is a stale socket.
+    /// Bind and listen, with a backlog of `backlog` (`-q`). A wildcard IPv6 listener also
+    /// accepts IPv4 clients, as pen's does. A Unix path is replaced only if it is a stale socket.
     ///
-    /// A TCP listener is `shards` sockets on one address. One socket (`shards` = 1) sets
-    /// SO_REUSEADDR but not SO_REUSEPORT: C pen sets it, so a second pen on the same port
-    /// silently shares its traffic. Several sockets must form an SO_REUSEPORT group, among which
-    /// the kernel spreads new connections; they are bound only after one plain socket has
-    /// proved the address free, so a second pen still fails to start.
-    pub fn bind(addr: &ListenAddr, shape: ListenShape) -> Result<BoundListener, BindError> {
-        let ListenShape { backlog, shards } = shape;
+    /// A TCP listener sets SO_REUSEADDR but not SO_REUSEPORT: C pen sets it, so a second pen on
+    /// the same port silently shares its traffic.
+    pub fn bind(addr: &ListenAddr, backlog: u32) -> Result<BoundListener, BindError> {
         let io_err = |source| BindError::Io {
             addr: addr.to_string(),
             source,
@@ -116,14 +99,9 @@ impl BoundListener {
         match addr {
             ListenAddr::Tcp(sa) => {
                 let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-                if shards <= 1 {
-                    return Ok(BoundListener::Tcp(vec![
-                        tcp_listener(*sa, backlog, false).map_err(io_err)?
-                    ]));
-                }
-                bind_shards(*sa, backlog, shards)
-                    .map(BoundListener::Tcp)
-                    .map_err(io_err)
+                Ok(BoundListener::Tcp(
+                    tcp_listener(*sa, backlog).map_err(io_err)?,
+                ))
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
@@ -140,7 +118,7 @@ impl BoundListener {
         use nix::sys::stat::{umask, Mode};
         if let ListenAddr::Unix(path) = addr {
             let old = umask(Mode::from_bits_truncate(0o177));
-            let bound = Self::bind(addr, ListenShape { backlog, shards: 1 });
+            let bound = Self::bind(addr, backlog);
             umask(old);
             let bound = bound?;
             std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -150,95 +128,49 @@ impl BoundListener {
                 })?;
             return Ok(bound);
         }
-        Self::bind(addr, ListenShape { backlog, shards: 1 })
+        Self::bind(addr, backlog)
     }
 
     /// The bound address (useful when the port was 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            BoundListener::Tcp(l) => l[0].local_addr().ok(),
+            BoundListener::Tcp(l) => l.local_addr().ok(),
             BoundListener::Unix(_) => None,
         }
     }
 
-    /// Data-plane thread `i`'s own descriptor: of its shard, or of the one Unix socket.
-    pub fn for_thread(&self, i: usize) -> io::Result<BoundListener> {
+    /// A descriptor of the listening socket, for a data-plane thread to accept from.
+    pub fn socket(&self) -> io::Result<socket2::Socket> {
         Ok(match self {
-            BoundListener::Tcp(l) => BoundListener::Tcp(vec![l[i % l.len()].try_clone()?]),
-            BoundListener::Unix(l) => BoundListener::Unix(l.try_clone()?),
+            BoundListener::Tcp(l) => l.try_clone()?.into(),
+            BoundListener::Unix(l) => l.try_clone()?.into(),
         })
     }
 
-    /// Register with the current thread's runtime (a TCP listener: its first socket, which is
-    /// the thread's own one after `for_thread`). Must run inside it.
+    /// Register with the current thread's runtime. Must run inside it.
     pub fn register(self) -> io::Result<Listener> {
         Ok(match self {
-            BoundListener::Tcp(mut l) => {
-                let first = l.swap_remove(0);
-                Listener::Tcp(TcpListener::from_std(first)?)
-            }
+            BoundListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
             BoundListener::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
         })
     }
 }
 
-/// One listening TCP socket: non-blocking, SO_REUSEADDR, and SO_REUSEPORT if `group`.
-fn tcp_listener(sa: SocketAddr, backlog: i32, group: bool) -> io::Result<std::net::TcpListener> {
-    let socket = bound_tcp_socket(sa, group)?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
-}
-
-/// A TCP socket bound to `sa`, not listening yet.
-fn bound_tcp_socket(sa: SocketAddr, group: bool) -> io::Result<socket2::Socket> {
+/// One listening TCP socket: non-blocking, SO_REUSEADDR.
+fn tcp_listener(sa: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(sa),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    if group {
-        socket.set_reuse_port(true)?;
-    }
     if sa.is_ipv6() && sa.ip().is_unspecified() {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&sa.into())?;
-    Ok(socket)
-}
-
-/// `shards` sockets in one SO_REUSEPORT group on `sa`. First a plain socket (no SO_REUSEPORT)
-/// binds the address: that fails if anything listens there, a group included, so pen never
-/// joins another program's group. The check never listens, so no client can be queued on it;
-/// it is closed, and the group binds the port it proved free (with port 0, the port the kernel
-/// picked; if another socket takes that port in between, a new one is picked).
-fn bind_shards(
-    sa: SocketAddr,
-    backlog: i32,
-    shards: usize,
-) -> io::Result<Vec<std::net::TcpListener>> {
-    let mut tries = 0;
-    loop {
-        let probe = bound_tcp_socket(sa, false)?;
-        let free = probe
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("the address check gave no IP address"))?;
-        drop(probe);
-        let group: io::Result<Vec<_>> = (0..shards)
-            .map(|_| tcp_listener(free, backlog, true))
-            .collect();
-        match group {
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && sa.port() == 0 => {
-                tries += 1;
-                if tries == PORT_ZERO_TRIES {
-                    return Err(e);
-                }
-            }
-            other => return other,
-        }
-    }
+    socket.listen(backlog)?;
+    Ok(socket.into())
 }
 
 /// A listening socket registered with a runtime.

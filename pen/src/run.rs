@@ -24,7 +24,7 @@ use crate::daemon;
 use crate::dsr::{Dsr, DsrConfig, DsrError, Tarpit};
 use crate::engine;
 use crate::logging::{self, Syslog};
-use crate::net::{BoundListener, ListenShape};
+use crate::net::BoundListener;
 use crate::shared::{Limits, Shared};
 use crate::stats;
 use crate::udp::UdpPlane;
@@ -153,16 +153,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     // `-U`: the UDP plane (its own thread) instead of the TCP listener and data-plane threads;
     // the control plane, signals and the process steps are the same.
     let threads = if options.udp { 0 } else { data_threads() };
-    let listen_shape = ListenShape {
-        backlog: options.backlog,
-        shards: threads,
-    };
     let (bound, udp) = if let Some(addr) = udp_listen {
         let plane = UdpPlane::start(addr, shared.clone(), NonZeroUsize::MIN.max(conn_max))?;
         (None, Some(plane))
     } else {
         (
-            Some(Arc::new(BoundListener::bind(&listen, listen_shape)?)),
+            Some(Arc::new(BoundListener::bind(&listen, options.backlog)?)),
             None,
         )
     };
@@ -171,7 +167,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         shared.clone(),
         host,
         listeners_tx,
-        listen_shape,
+        options.backlog,
         slots.clone(),
         tls.clone(),
         udp.is_some(),
@@ -203,11 +199,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
     let mut workers = Vec::with_capacity(threads);
-    let mut mailboxes = Vec::new();
+    let mailboxes = (0..threads)
+        .map(|_| engine::Mailbox::new())
+        .collect::<std::io::Result<Arc<[_]>>>()
+        .context("can't start a data-plane thread")?;
+    let loads = Arc::new(engine::Loads::new(threads));
     // Each thread runs the epoll engine (see `engine`).
-    for i in 0..threads {
-        let mailbox = engine::Mailbox::new().context("can't start a data-plane thread")?;
-        mailboxes.push(mailbox.clone());
+    for (i, mailbox) in mailboxes.iter().enumerate() {
         let setup = engine::Setup {
             index: i,
             listeners: listeners_rx.clone(),
@@ -217,7 +215,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 multi_accept: options.multi_accept.get(),
             },
             phase: phase_rx.clone(),
-            mailbox,
+            mailbox: mailbox.clone(),
+            peers: mailboxes.clone(),
+            loads: loads.clone(),
             tls: tls.clone(),
         };
         let ready = ready_tx.clone();

@@ -620,8 +620,8 @@ fn connection_limit_x_queues_clients_without_spinning() {
 
 #[test]
 fn connection_limit_x_holds_whichever_thread_accepts() {
-    // Four threads, each with a listening socket of its own, and four slots: every slot serves
-    // a client, whichever socket the kernel queued it on (no idle thread keeps a slot to itself).
+    // Four threads and four slots: every slot serves a client, whichever thread accepts it or
+    // is handed it (no idle thread keeps a slot to itself).
     let a = Backend::named("A");
     let pen = Pen::spawn(Listen::V4, &["env", "PEN_THREADS=4"], |l| {
         vec!["-f".into(), "-x".into(), "4".into(), l.into(), a.spec()]

@@ -279,8 +279,8 @@ fn bad_handshakes_are_rejected_without_touching_a_server() {
 fn silent_clients_time_out_and_free_their_slot() {
     let setup = Setup::new();
     let backend = Backend::named("A");
-    // One data-plane thread: with several, each has a listening socket of its own, and the
-    // second client could be accepted (and take the slot) before the first.
+    // One data-plane thread: with several, another thread could accept the second client (and
+    // take the slot) before the first.
     let (cert, key) = (setup.cert(), setup.key());
     let spec = backend.spec();
     let mut pen = Pen::spawn(Listen::V4, &["env", "PEN_THREADS=1"], |l| {

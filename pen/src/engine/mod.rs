@@ -27,9 +27,11 @@ mod conn;
 mod lifecycle;
 mod mailbox;
 mod sock;
+mod spread;
 mod timers;
 
 pub use mailbox::Mailbox;
+pub use spread::Loads;
 
 use std::future::Future;
 use std::io;
@@ -53,7 +55,7 @@ use coalesce::Coalesce;
 
 use client::Client;
 use conn::{Conn, State};
-use mailbox::{token_waker, NUDGE};
+use mailbox::{token_waker, Handed, NUDGE};
 use sock::Sock;
 use timers::Timers;
 
@@ -93,6 +95,10 @@ pub struct Setup {
     pub limits: Limits,
     pub phase: watch::Receiver<Phase>,
     pub mailbox: Arc<Mailbox>,
+    /// Every data-plane thread's mailbox, by index (this one's included), to hand clients on.
+    pub peers: Arc<[Arc<Mailbox>]>,
+    /// Every data-plane thread's connections (`spread`).
+    pub loads: Arc<Loads>,
     /// TLS termination on the listener: every client shakes hands before it is admitted.
     pub tls: Option<Arc<Tls>>,
 }
@@ -181,16 +187,17 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Accept on this thread's socket of `bound` from now on.
+    /// Accept on `bound` from now on. Every thread waits on the one socket, and EPOLLEXCLUSIVE
+    /// has the kernel wake one of those asleep for a new client, not all (`spread`).
     fn take_listener(&mut self, bound: &BoundListener) -> io::Result<()> {
-        let socket = match bound.for_thread(self.setup.index)? {
-            BoundListener::Tcp(mut l) => Socket::from(l.swap_remove(0)),
-            BoundListener::Unix(l) => Socket::from(l),
-        };
+        let socket = bound.socket()?;
         socket.set_nonblocking(true)?;
         self.epoll.add(
             socket.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, LISTENER),
+            EpollEvent::new(
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLET | EpollFlags::EPOLLEXCLUSIVE,
+                LISTENER,
+            ),
         )?;
         self.listener = Some(socket);
         self.listener_ready = true;
@@ -224,7 +231,7 @@ impl Engine {
                 Some(nap) => {
                     // Not waiting on the sockets: what arrives meanwhile queues unannounced,
                     // and one epoll_wait that does not sleep takes it all.
-                    std::thread::sleep(nap);
+                    nap_for(nap);
                     EpollTimeout::ZERO
                 }
                 None => {
@@ -255,7 +262,8 @@ impl Engine {
                 }
             }
             if mail {
-                for token in self.setup.mailbox.take() {
+                let posted = self.setup.mailbox.take();
+                for token in posted.tokens {
                     if token == NUDGE {
                         if self.on_nudge(now) {
                             return self.exit();
@@ -263,6 +271,9 @@ impl Engine {
                     } else {
                         self.contain(token, |e| e.on_abort(token));
                     }
+                }
+                for client in posted.clients {
+                    self.contain(LISTENER, |e| e.take_client(client, now));
                 }
             }
             for token in std::mem::take(&mut self.again) {
@@ -360,7 +371,7 @@ impl Engine {
             Poll::Ready(Ok(permit)) => {
                 self.acquire = None;
                 if let Some((socket, peer)) = self.waiting.take() {
-                    self.start(socket, peer, permit, now);
+                    self.place(socket, peer, permit, now);
                 }
             }
             Poll::Ready(Err(_)) => {
@@ -390,7 +401,7 @@ impl Engine {
                         None => Peer { ip: None, port: 0 },
                     };
                     match self.setup.limits.slots.clone().try_acquire_owned() {
-                        Ok(permit) => self.start(socket, peer, permit, now),
+                        Ok(permit) => self.place(socket, peer, permit, now),
                         Err(tokio::sync::TryAcquireError::NoPermits) => {
                             self.waiting = Some((socket, peer));
                             let slots = self.setup.limits.slots.clone();
@@ -417,9 +428,45 @@ impl Engine {
         }
     }
 
+    /// A client this thread accepted: serve it here, or hand it to a thread with clearly fewer
+    /// connections (`spread`).
+    fn place(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
+        let own = self.setup.index;
+        let to = self.setup.loads.pick(own);
+        self.setup.loads.add(to);
+        let client = Handed {
+            socket,
+            peer,
+            permit,
+        };
+        if to == own {
+            self.take_client(client, now);
+        } else {
+            debug!(
+                "{}: handed to data-plane thread {to}, which has fewer connections",
+                shared::describe_peer(peer)
+            );
+            self.setup.peers[to].hand(client);
+        }
+    }
+
+    /// Serve a client counted in this thread's load; uncount it if it never got a slot.
+    fn take_client(&mut self, client: Handed, now: Instant) {
+        if !self.start(client.socket, client.peer, client.permit, now) {
+            self.setup.loads.remove(self.setup.index);
+        }
+    }
+
     /// A new client: register it, then admit it (or answer it, under `dummy`). A TLS client
-    /// shakes hands first, and is admitted once that is over (`admit`).
-    fn start(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
+    /// shakes hands first, and is admitted once that is over (`admit`). False if it got no
+    /// slot (refused, or epoll would not have it).
+    fn start(
+        &mut self,
+        socket: Socket,
+        peer: Peer,
+        permit: OwnedSemaphorePermit,
+        now: Instant,
+    ) -> bool {
         let tcp = peer.ip.is_some();
         let client = Sock::new(socket, tcp);
         if let Some(tls) = &self.setup.tls {
@@ -430,24 +477,27 @@ impl Engine {
             // Replaced by the settings at admission, as they are then.
             let options = self.setup.shared.with(|b| b.settings.conn_options());
             let state = State::Handshake { deadline, timeout };
-            if let Some(token) = self.register(client, peer, options, state, permit) {
-                self.timers.set(token, deadline);
-            }
-            return;
+            let Some(token) = self.register(client, peer, options, state, permit) else {
+                return false;
+            };
+            self.timers.set(token, deadline);
+            return true;
         }
         let (admission, settings) = admission(&self.setup.shared, peer, now);
         if admission == Some(Admission::ClientLimit) {
             // Refused before it costs a slot or an epoll registration.
-            return shared::client_limit_reached(&self.setup.shared, peer);
+            shared::client_limit_reached(&self.setup.shared, peer);
+            return false;
         }
         let client = Client::Plain(client);
         let Some(token) = self.register(client, peer, settings, State::Choosing, permit) else {
             if let Some(Admission::Connect { conn, .. }) = admission {
                 self.setup.shared.with(|b| b.closed(conn));
             }
-            return;
+            return false;
         };
         self.admitted(token, admission, settings, now);
+        true
     }
 
     /// Give a new client a slot and its socket a place in the epoll set; its token, or None
@@ -564,6 +614,7 @@ impl Engine {
         };
         slot.generation = slot.generation.wrapping_add(1) & GENERATION_MASK;
         self.free.push(slot_of(token) as u32);
+        self.setup.loads.remove(self.setup.index);
         self.timers.clear(token & !1);
         if let Some(id) = conn.id {
             self.setup.shared.with(|b| b.closed(id));
@@ -587,6 +638,23 @@ fn admission(shared: &Shared, peer: Peer, now: Instant) -> (Option<Admission>, C
         (admission, b.settings.conn_options())
     })
 }
+
+/// A nap of `nap`: first the core goes to whatever else is ready to run on it (the clients and
+/// servers on this machine, another data-plane thread), whose work is what the nap waits for.
+/// Only if nothing was (the yield came straight back) does the thread sleep. A sleeping nap on
+/// a core that others wanted left it idle while they waited on pen: with pen, its clients and
+/// its servers sharing two cores (the benchmark's `unpinned` layout), the cores idled
+/// 12–13 % of the time under `http-close` with sleeping naps and 6–8 % with yielding ones.
+fn nap_for(nap: Duration) {
+    let start = Instant::now();
+    let _ = nix::sched::sched_yield();
+    if start.elapsed() < YIELDED {
+        std::thread::sleep(nap);
+    }
+}
+
+/// A yield that took this long ran something else: more than the system call alone costs.
+const YIELDED: Duration = Duration::from_micros(5);
 
 fn slot_of(token: u64) -> usize {
     ((token & 0xffff_ffff) >> 1) as usize
