@@ -55,7 +55,7 @@ use coalesce::Coalesce;
 
 use client::Client;
 use conn::{Conn, State};
-use mailbox::{token_waker, Handed, NUDGE};
+use mailbox::{token_waker, NUDGE};
 use sock::Sock;
 use timers::Timers;
 
@@ -425,35 +425,6 @@ impl Engine {
                 }
                 Err(e) => debug!("accept: {e}"),
             }
-        }
-    }
-
-    /// A client this thread accepted: serve it here, or hand it to a thread with clearly fewer
-    /// connections (`spread`).
-    fn place(&mut self, socket: Socket, peer: Peer, permit: OwnedSemaphorePermit, now: Instant) {
-        let own = self.setup.index;
-        let to = self.setup.loads.pick(own);
-        self.setup.loads.add(to);
-        let client = Handed {
-            socket,
-            peer,
-            permit,
-        };
-        if to == own {
-            self.take_client(client, now);
-        } else {
-            debug!(
-                "{}: handed to data-plane thread {to}, which has fewer connections",
-                shared::describe_peer(peer)
-            );
-            self.setup.peers[to].hand(client);
-        }
-    }
-
-    /// Serve a client counted in this thread's load; uncount it if it never got a slot.
-    fn take_client(&mut self, client: Handed, now: Instant) {
-        if !self.start(client.socket, client.peer, client.permit, now) {
-            self.setup.loads.remove(self.setup.index);
         }
     }
 

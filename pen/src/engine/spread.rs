@@ -17,9 +17,20 @@
 //! that accepts a client hands it to the least loaded thread when that one has clearly fewer
 //! connections (`SLACK`, `SLACK_SHARE`), through its mailbox; most clients never move.
 //!
-//! The policy (`pick`) is pure; `Loads` is the one count per thread that all of them read.
+//! The policy (`pick`) is pure; `Loads` is the one count per thread that all of them read;
+//! `Engine::place` and `Engine::take_client` are the engine's side.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use socket2::Socket;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::debug;
+
+use super::mailbox::Handed;
+use super::Engine;
+use crate::balancer::Peer;
+use crate::shared;
 
 /// A thread keeps a client unless another has more than this many fewer connections…
 pub(super) const SLACK: usize = 2;
@@ -72,6 +83,43 @@ impl Loads {
     /// `pick` over the counts as they are now.
     pub(super) fn pick(&self, own: usize) -> usize {
         pick(own, self.0.len(), |i| self.get(i))
+    }
+}
+
+impl Engine {
+    /// A client this thread accepted: serve it here, or hand it to a thread with clearly fewer
+    /// connections (`spread`).
+    pub(super) fn place(
+        &mut self,
+        socket: Socket,
+        peer: Peer,
+        permit: OwnedSemaphorePermit,
+        now: Instant,
+    ) {
+        let own = self.setup.index;
+        let to = self.setup.loads.pick(own);
+        self.setup.loads.add(to);
+        let client = Handed {
+            socket,
+            peer,
+            permit,
+        };
+        if to == own {
+            self.take_client(client, now);
+        } else {
+            debug!(
+                "{}: handed to data-plane thread {to}, which has fewer connections",
+                shared::describe_peer(peer)
+            );
+            self.setup.peers[to].hand(client);
+        }
+    }
+
+    /// Serve a client counted in this thread's load; uncount it if it never got a slot.
+    pub(super) fn take_client(&mut self, client: Handed, now: Instant) {
+        if !self.start(client.socket, client.peer, client.permit, now) {
+            self.setup.loads.remove(self.setup.index);
+        }
     }
 }
 
