@@ -205,7 +205,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .context("can't start a data-plane thread")?;
     let loads = Arc::new(engine::Loads::new(threads));
     // Each thread runs the epoll engine (see `engine`).
-    for (i, mailbox) in mailboxes.iter().enumerate() {
+    for i in 0..threads {
         let setup = engine::Setup {
             index: i,
             listeners: listeners_rx.clone(),
@@ -215,7 +215,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 multi_accept: options.multi_accept.get(),
             },
             phase: phase_rx.clone(),
-            mailbox: mailbox.clone(),
             peers: mailboxes.clone(),
             loads: loads.clone(),
             tls: tls.clone(),

@@ -225,7 +225,7 @@ impl Engine {
             return self.close(token);
         };
         // `close N` and the end of the grace period post this connection's token.
-        let abort_waker = token_waker(&self.setup.mailbox, token);
+        let abort_waker = token_waker(self.setup.mailbox(), token);
         let c = self.conn(token);
         {
             use std::os::fd::AsRawFd;

@@ -94,13 +94,20 @@ pub struct Setup {
     pub shared: Arc<Shared>,
     pub limits: Limits,
     pub phase: watch::Receiver<Phase>,
-    pub mailbox: Arc<Mailbox>,
-    /// Every data-plane thread's mailbox, by index (this one's included), to hand clients on.
+    /// Every data-plane thread's mailbox, by index: this one's (`mailbox`) wakes it, the
+    /// others take the clients it hands on.
     pub peers: Arc<[Arc<Mailbox>]>,
     /// Every data-plane thread's connections (`spread`).
     pub loads: Arc<Loads>,
     /// TLS termination on the listener: every client shakes hands before it is admitted.
     pub tls: Option<Arc<Tls>>,
+}
+
+impl Setup {
+    /// This thread's own mailbox.
+    fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.peers[self.index]
+    }
 }
 
 /// One slot of the connection table; a token carries the slot's generation, so an event for a
@@ -160,12 +167,12 @@ impl Engine {
     fn new(mut setup: Setup) -> io::Result<Engine> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
-            setup.mailbox.event.as_fd(),
+            setup.mailbox().event.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, MAILBOX),
         )?;
         let bound = setup.listeners.borrow_and_update().clone();
         let bound = bound.ok_or_else(|| io::Error::other("no listener"))?;
-        let nudge_waker = token_waker(&setup.mailbox, NUDGE);
+        let nudge_waker = token_waker(setup.mailbox(), NUDGE);
         let mut engine = Engine {
             setup,
             epoll,
@@ -262,7 +269,7 @@ impl Engine {
                 }
             }
             if mail {
-                let posted = self.setup.mailbox.take();
+                let posted = self.setup.mailbox().take();
                 for token in posted.tokens {
                     if token == NUDGE {
                         if self.on_nudge(now) {
