@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::relay::{Endpoint, Pumps, RelayEnd, Verbatim};
 use crate::reqlog::RequestLog;
 
 use super::client::Client;
+use super::opening::Opener;
 use super::sock::Sock;
 
 /// What a connection is doing.
@@ -75,6 +77,8 @@ pub(super) struct Relay {
     fastclose: FastClose,
     client_ip: Option<IpAddr>,
     server_ip: Option<IpAddr>,
+    /// Bytes have moved, and `opener` has said who sent them first.
+    opened: bool,
 }
 
 /// What a relay step came to.
@@ -142,6 +146,23 @@ impl Relay {
                 Backend::Tcp(sa) => Some(sa.ip()),
                 Backend::Unix(_) => None,
             },
+            opened: false,
+        }
+    }
+
+    /// Who sent the connection's first bytes, once: from the first step that moved any. A step
+    /// that moved both ways at once says nothing.
+    pub fn opener(&mut self) -> Option<Opener> {
+        if self.opened {
+            return None;
+        }
+        let to_server = self.counters.to_server.load(Ordering::Relaxed) > 0;
+        let to_client = self.counters.to_client.load(Ordering::Relaxed) > 0;
+        self.opened = to_server || to_client;
+        match (to_server, to_client) {
+            (true, false) => Some(Opener::Client),
+            (false, true) => Some(Opener::Server),
+            _ => None,
         }
     }
 

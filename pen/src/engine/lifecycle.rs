@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use super::client::Client;
 use super::conn::{self, Connecting, Relay, State, Step};
 use super::mailbox::token_waker;
+use super::opening;
 use super::sock;
 use super::{edge, slot_of, Engine, RESUME_ACCEPT};
 use crate::balancer::Admission;
@@ -25,6 +26,14 @@ use crate::shared;
 impl Engine {
     /// Connect as the balancer says: the next server, or close the client if there is none.
     pub(super) fn connect(&mut self, token: u64, mut admission: Admission, now: Instant) {
+        // The connect's last ACK waits for the client's first bytes (`engine::opening`) if
+        // this thread's clients speak first, or if this one's bytes are in already. (Under TLS
+        // the bytes on the socket need not be a request, and rustls may hold the first.)
+        let hold_ack = self.openings.hold()
+            || match &self.conn(token).client {
+                Client::Plain(sock) => sock.has_input(),
+                Client::Handshaking(_) | Client::Tls(_) => false,
+            };
         loop {
             let Admission::Connect {
                 conn,
@@ -37,7 +46,7 @@ impl Engine {
             };
             let c = self.conn(token);
             c.id = Some(conn);
-            let failure = match sock::start_connect(&backend, &c.options, c.peer.ip) {
+            let failure = match sock::start_connect(&backend, &c.options, c.peer.ip, hold_ack) {
                 Ok(server) => {
                     let server_token = token | 1;
                     if let Err(e) = self.epoll.add(server.socket.as_fd(), edge(server_token)) {
@@ -161,6 +170,9 @@ impl Engine {
                         io::Error::other("relaying before the TLS handshake ended"),
                     )),
                 };
+                if let Some(opener) = relay.opener() {
+                    self.openings.opened_by(opener);
+                }
                 match step {
                     Step::Wait => {}
                     Step::Again => self.run_again(token),
@@ -253,6 +265,25 @@ impl Engine {
             return self.on_abort(token);
         }
         self.drive(token, now);
+        self.time_held_ack(token, now);
+    }
+
+    /// The connect held its last ACK for the client's first bytes and they are not in yet: send
+    /// it on its own at `opening::HOLD` (by the relay's timer), in case the server speaks first.
+    fn time_held_ack(&mut self, token: u64, now: Instant) {
+        if !self.live(token) {
+            return;
+        }
+        let State::Relaying(relay) = &self.conn(token).state else {
+            return;
+        };
+        if relay.server.ack_held() {
+            let mut at = now + opening::HOLD;
+            if !relay.idle.is_zero() {
+                at = at.min(relay.last_activity + relay.idle);
+            }
+            self.timers.set(token, at);
+        }
     }
 
     pub(super) fn relay_ended(&mut self, token: u64, end: RelayEnd) {
@@ -341,7 +372,12 @@ impl Engine {
                 self.connect(token, admission, now);
             }
             State::Connecting(_) => {}
-            State::Relaying(relay) if !relay.idle.is_zero() => {
+            State::Relaying(relay) => {
+                // `opening::HOLD` is over (`time_held_ack`), or an idle deadline that is later.
+                relay.server.release_ack();
+                if relay.idle.is_zero() {
+                    return;
+                }
                 let due = relay.last_activity + relay.idle;
                 if now >= due {
                     self.relay_ended(token, RelayEnd::Idle);
@@ -349,7 +385,6 @@ impl Engine {
                     self.timers.set(token, due);
                 }
             }
-            State::Relaying(_) => {}
         }
     }
 }

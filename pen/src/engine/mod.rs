@@ -26,6 +26,7 @@ mod coalesce;
 mod conn;
 mod lifecycle;
 mod mailbox;
+mod opening;
 mod sock;
 mod spread;
 mod timers;
@@ -140,6 +141,8 @@ struct Engine {
     draining: bool,
     /// The measure of this thread's load that gives its naps (`coalesce`).
     coalesce: Coalesce,
+    /// Who opens this thread's connections, and so whether connects hold their last ACK.
+    openings: opening::Openings,
 }
 
 /// Generations wrap below 2^31, so a connection's token never has the top bit set.
@@ -189,6 +192,7 @@ impl Engine {
             turn_reads: TURN_READS,
             draining: false,
             coalesce: Coalesce::new(Instant::now()),
+            openings: opening::Openings::default(),
         };
         engine.take_listener(&bound)?;
         Ok(engine)

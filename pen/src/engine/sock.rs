@@ -41,6 +41,8 @@ pub(super) struct Sock {
     /// short read suggests (no further edge will come).
     closed: bool,
     nagle: Nagle,
+    /// A connect's last handshake ACK is being held for pen's first write (`start_connect`).
+    ack_held: bool,
 }
 
 impl Sock {
@@ -52,6 +54,7 @@ impl Sock {
             writable: true,
             closed: false,
             nagle: Nagle::Keep,
+            ack_held: false,
         }
     }
 
@@ -64,6 +67,25 @@ impl Sock {
 
     pub(super) fn can_read(&self) -> bool {
         self.readable || self.closed
+    }
+
+    /// Whether the peer's bytes are waiting to be read, asked without taking them (a peek).
+    pub fn has_input(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        matches!(self.socket.peek(&mut byte), Ok(1))
+    }
+
+    /// Whether the connect's last ACK still waits for a first write (`start_connect`).
+    pub fn ack_held(&self) -> bool {
+        self.ack_held
+    }
+
+    /// Send a held ACK on its own now (TCP_QUICKACK on sends a pending ACK at once).
+    pub fn release_ack(&mut self) {
+        if self.ack_held {
+            self.ack_held = false;
+            let _ = self.socket.set_quickack(true);
+        }
     }
 
     /// TCP_NODELAY from the second write on (see `Nagle`).
@@ -118,7 +140,11 @@ impl Sock {
             flags = 0;
             match wrote {
                 Ok(0) => return Err(zero_write()),
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    // The first segment carried a held ACK.
+                    self.ack_held = false;
+                    sent += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -151,7 +177,10 @@ impl Sock {
             self.before_send();
             match self.socket.send_vectored(bufs) {
                 Ok(0) => return Err(zero_write()),
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.ack_held = false;
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -221,7 +250,10 @@ impl AsyncWrite for Sock {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.socket.shutdown(std::net::Shutdown::Write))
+        let this = self.get_mut();
+        // The FIN carries a held ACK.
+        this.ack_held = false;
+        Poll::Ready(this.socket.shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -249,17 +281,24 @@ impl crate::relay::Endpoint for Sock {
 /// Start a non-blocking connect to `backend` with the socket options the settings ask for
 /// (`net::upstream_socket`, as the idlers' connects have them). The socket is writable once
 /// the connect has finished; `connect_result` then says how.
+///
+/// `hold_ack`: the handshake's last ACK waits for pen's first write and goes out with it
+/// (TCP_QUICKACK off before the connect: Linux then holds that ACK for a first write, up to
+/// 200 ms). `engine::opening` says when, and why; `Sock::release_ack` sends it on its own.
 pub(super) fn start_connect(
     backend: &Backend,
     settings: &ConnOptions,
     client: Option<IpAddr>,
+    hold_ack: bool,
 ) -> io::Result<Sock> {
+    let mut held = false;
     let (socket, addr, tcp) = match backend {
-        Backend::Tcp(sa) => (
-            upstream_socket(*sa, settings, client)?,
-            SockAddr::from(*sa),
-            true,
-        ),
+        Backend::Tcp(sa) => {
+            let socket = upstream_socket(*sa, settings, client)?;
+            // Only a saving: without it the ACK goes on its own, as it always did.
+            held = hold_ack && socket.set_quickack(false).is_ok();
+            (socket, SockAddr::from(*sa), true)
+        }
         Backend::Unix(path) => (
             Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?,
             SockAddr::unix(path)?,
@@ -273,6 +312,7 @@ pub(super) fn start_connect(
     }
     let mut sock = Sock::new(socket, tcp);
     sock.writable = false;
+    sock.ack_held = held;
     if settings.tcp_nodelay {
         sock.set_nodelay();
     }
@@ -322,7 +362,7 @@ mod tests {
                 ..Settings::default()
             }
             .conn_options();
-            let mut upstream = start_connect(&backend, &settings, None).unwrap();
+            let mut upstream = start_connect(&backend, &settings, None, false).unwrap();
             let (mut server, _) = listener.accept().unwrap();
             server
                 .set_read_timeout(Some(Duration::from_secs(5)))
@@ -343,6 +383,88 @@ mod tests {
             }
             assert_eq!(&got, b"firstsecondthird");
         }
+    }
+
+    #[test]
+    fn has_input_peeks_without_taking_the_bytes() {
+        use std::io::Write;
+        let (mut peer, ours) = pair();
+        assert!(!ours.has_input(), "nothing sent yet");
+        peer.write_all(b"x").unwrap();
+        assert!(ours.has_input());
+        let mut got = [0u8; 4];
+        assert_eq!(
+            (&ours.socket).read(&mut got).unwrap(),
+            1,
+            "the peek took nothing"
+        );
+        assert_eq!(got[0], b'x');
+    }
+
+    /// Accept once within a bounded wait; None if the server's side is still not complete.
+    fn accept_within(
+        listener: &std::net::TcpListener,
+        wait: Duration,
+    ) -> Option<std::net::TcpStream> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match listener.accept() {
+                Ok((s, _)) => return Some(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("accept: {e}"),
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A held ACK waits for pen's first write: the server's kernel completes the connection
+    /// (and its accept returns) only then, with the request already in. Not held, the server
+    /// can accept at once; released, too.
+    #[test]
+    fn a_held_ack_goes_with_the_first_write_or_when_released() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let backend = Backend::Tcp(listener.local_addr().unwrap());
+        let settings = Settings::default().conn_options();
+
+        let _silent = start_connect(&backend, &settings, None, false).unwrap();
+        assert!(
+            accept_within(&listener, Duration::from_secs(5)).is_some(),
+            "no request waiting: the ACK goes at once"
+        );
+
+        let mut upstream = start_connect(&backend, &settings, None, true).unwrap();
+        // Loopback finishes the handshake inside connect(); Linux holds the ACK up to 200 ms.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            accept_within(&listener, Duration::ZERO).is_none(),
+            "the server's side completed before pen wrote"
+        );
+        upstream.ready(false, true, false);
+        assert_eq!(upstream.write_now(b"request", 0).unwrap(), 7);
+        let mut server = accept_within(&listener, Duration::from_secs(5)).expect("accepted");
+        server.set_nonblocking(false).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut got = [0u8; 7];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"request");
+        assert!(!upstream.ack_held(), "the request carried it");
+
+        // Nothing to write after all (a server that speaks first): the ACK goes on its own.
+        let mut upstream = start_connect(&backend, &settings, None, true).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(accept_within(&listener, Duration::ZERO).is_none());
+        assert!(upstream.ack_held());
+        upstream.release_ack();
+        assert!(
+            accept_within(&listener, Duration::from_secs(5)).is_some(),
+            "released, the server's side completes without a write"
+        );
     }
 
     /// rustls hands a TLS flight over as several records: one call sends them, in order.
